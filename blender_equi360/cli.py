@@ -1,0 +1,119 @@
+"""``python -m blender_equi360``: command-line entry points of the core."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .camera import Camera
+from .errors import Equi360Error
+from .projection import CanvasSize
+from .reference import CROPS, DEFAULT_FPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
+from .video import CODECS, DEFAULT_CODEC
+
+EXIT_USAGE = 2  # argparse's own code for bad arguments
+EXIT_BAD_INPUT = 3
+EXIT_INTERRUPTED = 130
+
+
+class ProgressBar:
+    """A one-line bar on stderr when it is a terminal; a line every 10 % otherwise (logs, CI)."""
+
+    def __init__(self, label: str, stream=sys.stderr, width: int = 30):
+        self.label, self.stream, self.width = label, stream, width
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self._last_decile = -1
+
+    def __call__(self, done: int, total: int | None) -> None:
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if total:
+            filled = int(self.width * done / total)
+            eta = (total - done) / rate if rate else 0.0
+            text = (f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} frames "
+                    f"{rate:5.1f} fps ETA {eta:4.0f} s")
+            decile = 10 * done // total
+        else:
+            text, decile = f"{self.label} {done} frames {rate:5.1f} fps", self._last_decile
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if total and done >= total else ""))
+            self.stream.flush()
+        elif decile != self._last_decile:
+            self.stream.write(text + "\n")
+            self._last_decile = decile
+
+
+def _frames(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m blender_equi360",
+                                     description="Equi360: flat widescreen footage → 360° equirect video.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ref = sub.add_parser("reference", help="build the masked equirect reference video from a flat clip",
+                         description="Project a flat clip onto a level equirect canvas (unknown region black) "
+                                     "and write the reference video and its mask, both lossless .mkv.")
+    ref.add_argument("input", help="the flat clip (any video PyAV/FFmpeg reads)")
+    ref.add_argument("-o", "--output", required=True, help="reference video to write (.mkv)")
+    ref.add_argument("--mask", help="mask video to write (.mkv, white = to generate; default: OUTPUT_mask.mkv)")
+    lens = ref.add_mutually_exclusive_group()
+    lens.add_argument("--hfov", type=float, help="horizontal FOV of the picture in degrees (default 100)")
+    lens.add_argument("--focal", type=float, metavar="MM", help="focal length in mm (with --sensor-width)")
+    ref.add_argument("--sensor-width", type=float, default=36.0, metavar="MM",
+                     help="sensor width in mm covered by the picture (default 36, with --focal)")
+    ref.add_argument("--yaw", type=float, default=0.0, help="camera heading in degrees, + = right (default 0)")
+    ref.add_argument("--pitch", type=float, default=0.0, help="camera tilt in degrees, + = up (default 0)")
+    ref.add_argument("--roll", type=float, default=0.0,
+                     help="camera roll in degrees, + = counter-clockwise seen from behind (default 0)")
+    ref.add_argument("--crop", choices=CROPS, default="center", help="crop to 2.39:1 keeping these rows")
+    ref.add_argument("--size", default="1920x960", help="canvas WIDTHxHEIGHT, 2:1, multiples of 32")
+    ref.add_argument("--frames", type=_frames, default=DEFAULT_FRAMES,
+                     help=f"output frames, 8k+1 (default {DEFAULT_FRAMES}); 'all' = the whole clip, padded to 8k+1")
+    ref.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"output frame rate (default {DEFAULT_FPS:g})")
+    ref.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="where in the clip to start")
+    ref.add_argument("--feather", type=float, default=0.0, metavar="PX", help="inward feather of the plate edge")
+    ref.add_argument("--no-letterbox", action="store_true", help="don't detect and remove letterbox bars")
+    ref.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC, help="lossless codec")
+    ref.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    ref.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _camera(args) -> Camera:
+    angles = dict(yaw_deg=args.yaw, pitch_deg=args.pitch, roll_deg=args.roll)
+    if args.focal is not None:
+        return Camera.from_focal_length(args.focal, args.sensor_width, **angles)
+    return Camera(hfov_deg=100.0 if args.hfov is None else args.hfov, **angles)
+
+
+def _reference(args) -> int:
+    settings = ReferenceSettings(camera=_camera(args), crop=args.crop, size=CanvasSize.parse(args.size),
+                                 frames=args.frames, fps=args.fps, start_s=args.start, feather_px=args.feather,
+                                 detect_letterbox=not args.no_letterbox, codec=args.codec)
+    progress = None if args.quiet else ProgressBar("reference")
+    result = build_reference(args.input, args.output, args.mask, settings, progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"wrote {result.video} and {result.mask}: {result.frames_written} frames, "
+              f"{settings.size}, {settings.fps:g} fps; plate {result.window.width}x{result.window.height} "
+              f"→ {result.footprint_fraction:.1%} of the canvas")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"reference": _reference}[args.command](args)
+    except Equi360Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: no output written", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,185 @@
+"""Build the masked equirect *reference video* the VR-360 IC-LoRA expects from a flat clip.
+
+Streaming: each output frame is decoded, prefiltered (area downscale, by swscale), projected and
+encoded before the next one is read, so memory does not depend on the clip's length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+from .camera import Camera
+from .errors import Equi360Error
+from .projection import CanvasSize, PlateMapping, Window, prefiltered_plate_size
+from .video import (CODECS, DEFAULT_CODEC, PictureBox, ReferenceWriter, SourceInfo, atomic_outputs,
+                    decode_plates, detect_picture, probe)
+
+TARGET_ASPECT = 2.39  # the model's sweet spot
+CROPS = ("center", "top", "bottom", "none")
+SWEET_SPOT_HFOV = (80.0, 120.0)
+DEFAULT_FRAMES = 121
+DEFAULT_FPS = 24.0
+
+
+def valid_frame_count(n: int) -> bool:
+    """LTX-2 video latents hold 1 + 8k frames."""
+    return n >= 1 and (n - 1) % 8 == 0
+
+
+def round_up_frame_count(n: int) -> int:
+    return 1 + 8 * -(-(max(n, 1) - 1) // 8)
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    camera: Camera = field(default_factory=Camera)
+    crop: str = "center"            # to 2.39:1, keeping the centre/top/bottom rows; "none" keeps the aspect
+    size: CanvasSize = field(default_factory=CanvasSize)
+    frames: int | None = DEFAULT_FRAMES  # 8k+1; None = the whole clip from start_s, padded up to 8k+1
+    fps: float = DEFAULT_FPS
+    start_s: float = 0.0
+    feather_px: float = 0.0         # inward feather of the plate edge, in canvas pixels (0 = hard edge)
+    detect_letterbox: bool = True
+    codec: str = DEFAULT_CODEC
+
+    def __post_init__(self):
+        if self.crop not in CROPS:
+            raise Equi360Error(f"crop {self.crop!r} is not one of {', '.join(CROPS)}")
+        if self.frames is not None and not valid_frame_count(self.frames):
+            lower = round_up_frame_count(self.frames) - 8
+            raise Equi360Error(
+                f"{self.frames} frames is not a length the model accepts: it needs 8k+1 frames "
+                f"(e.g. {max(lower, 1)} or {round_up_frame_count(self.frames)})"
+            )
+        if not (0 < self.fps <= 240):
+            raise Equi360Error(f"fps {self.fps:g} is out of range (0 < fps ≤ 240; the model is trained at 24)")
+        if self.start_s < 0:
+            raise Equi360Error("start must be 0 seconds or later")
+        if self.feather_px < 0:
+            raise Equi360Error("feather must be 0 pixels or more")
+        if self.codec not in CODECS:
+            raise Equi360Error(f"codec {self.codec!r} is not one of {', '.join(CODECS)}")
+
+
+@dataclass
+class ReferenceResult:
+    video: Path
+    mask: Path
+    source: SourceInfo
+    settings: ReferenceSettings
+    picture: PictureBox          # the frame without letterbox bars
+    window: Window               # the plate inside the picture (after the crop to 2.39:1)
+    plate_size: tuple[int, int]  # the plate after the area prefilter
+    frames_written: int
+    padded_frames: int
+    notes: list[str]
+    footprint_fraction: float    # of the canvas pixels
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["video"], d["mask"] = str(self.video), str(self.mask)
+        d["source"] = {**asdict(self.source), "path": str(self.source.path), "fps": float(self.source.fps)}
+        d["settings"]["size"] = str(self.settings.size)
+        return d
+
+
+def plate_crop(picture: PictureBox, crop: str) -> tuple[int, int, int, int]:
+    """The window ``(x, y, w, h)`` inside the picture: at most 2.39:1 tall-wise and wide-wise."""
+    w, h = picture.width, picture.height
+    if crop == "none":
+        return 0, 0, w, h
+    aspect = w / h
+    if abs(aspect - TARGET_ASPECT) <= 0.01 * TARGET_ASPECT:
+        return 0, 0, w, h
+    if aspect > TARGET_ASPECT:  # wider than 2.39: keep the centre columns
+        cw = 2 * round(h * TARGET_ASPECT / 2)
+        return 2 * ((w - cw) // 4), 0, cw, h
+    ch = 2 * round(w / TARGET_ASPECT / 2)
+    y = {"top": 0, "center": 2 * ((h - ch) // 4), "bottom": h - ch}[crop]
+    return 0, y, w, ch
+
+
+def _check_outputs(source: Path, video: Path, mask: Path) -> None:
+    for p in (video, mask):
+        if p.suffix.lower() != ".mkv":
+            raise Equi360Error(f"{p}: write the reference and its mask as .mkv (lossless Matroska)")
+    if video.resolve() == mask.resolve():
+        raise Equi360Error("the mask must be a different file from the reference video")
+    if source.resolve() in (video.resolve(), mask.resolve()):
+        raise Equi360Error("the output would overwrite the source clip: choose another name")
+
+
+def default_mask_path(video: Path) -> Path:
+    return video.with_name(f"{video.stem}_mask{video.suffix}")
+
+
+def build_reference(source, output, mask=None, settings: ReferenceSettings | None = None,
+                    progress: Callable[[int, int | None], None] | None = None) -> ReferenceResult:
+    """Project the flat clip ``source`` onto the equirect canvas; write the reference video ``output``
+    (.mkv, lossless; unknown region exactly black) and the mask (.mkv, white = region to generate).
+
+    ``progress(done, total)`` is called after each frame (``total`` is None while unknown)."""
+    settings = settings or ReferenceSettings()
+    source, output = Path(source), Path(output)
+    mask = Path(mask) if mask is not None else default_mask_path(output)
+    _check_outputs(source, output, mask)
+    info = probe(source)
+    if settings.start_s >= info.duration_s > 0:
+        raise Equi360Error(f"start {settings.start_s:g} s is past the end of the clip ({info.duration_s:.2f} s)")
+
+    notes: list[str] = []
+    span_s = None if settings.frames is None else settings.frames / settings.fps
+    picture = (detect_picture(info, settings.start_s, span_s) if settings.detect_letterbox
+               else PictureBox(0, 0, info.width, info.height))
+    if (picture.width, picture.height) != (info.width, info.height):
+        notes.append(f"letterbox/pillarbox bars removed: picture is {picture.width}x{picture.height} "
+                     f"at ({picture.x}, {picture.y}) of {info.width}x{info.height}")
+    cx, cy, cw, ch = plate_crop(picture, settings.crop)
+    if (cw, ch) != (picture.width, picture.height):
+        notes.append(f"cropped to 2.39:1 ({settings.crop}): {cw}x{ch} of {picture.width}x{picture.height}")
+    window = Window(cx, cy, cw, ch, picture.width, picture.height)
+    camera = settings.camera
+    if not SWEET_SPOT_HFOV[0] <= camera.hfov_deg <= SWEET_SPOT_HFOV[1]:
+        notes.append(f"horizontal FOV {camera.hfov_deg:g}° is outside the model's sweet spot (≈100°)")
+    if abs(float(info.fps) - settings.fps) > 1e-3:
+        notes.append(f"frame rate resampled from {float(info.fps):.3f} to {settings.fps:g} fps (nearest frame)")
+
+    plate_size = prefiltered_plate_size(camera, window, settings.size)
+    mapping = PlateMapping(camera, window, settings.size, plate_size, settings.feather_px)
+    fps = Fraction(settings.fps).limit_denominator(1001)
+
+    total = settings.frames
+    written = 0
+    with atomic_outputs(output, mask) as (tmp_video, tmp_mask):
+        writer = ReferenceWriter(tmp_video, tmp_mask, settings.size.width, settings.size.height, fps, settings.codec)
+        try:
+            canvas = None
+            for k, plate, repeated in decode_plates(info, picture, (cx, cy, cw, ch), plate_size,
+                                                    settings.fps, settings.start_s, settings.frames):
+                if not repeated:
+                    canvas = mapping.project(plate)
+                writer.write(canvas, mapping.mask)
+                written += 1
+                if progress:
+                    progress(written, total)
+            if written == 0:
+                raise Equi360Error(f"{source}: no frames at or after {settings.start_s:g} s")
+            target = settings.frames if settings.frames is not None else round_up_frame_count(written)
+            padded = target - written
+            for _ in range(padded):  # hold the last frame: the model needs 8k+1 frames
+                writer.write(canvas, mapping.mask)
+                written += 1
+                if progress:
+                    progress(written, target)
+        finally:
+            writer.close()
+    if padded:
+        notes.append(f"the clip gave {target - padded} frames: padded to {target} by holding the last frame")
+    elif settings.frames is not None and info.duration_s - settings.start_s > span_s + 0.5 / settings.fps:
+        notes.append(f"trimmed: used {span_s:.2f} s from {settings.start_s:g} s of a "
+                     f"{info.duration_s:.2f} s clip ({settings.frames} frames at {settings.fps:g} fps)")
+    return ReferenceResult(output, mask, info, settings, picture, window, plate_size, written, padded, notes,
+                           mapping.footprint_pixels / (settings.size.width * settings.size.height))

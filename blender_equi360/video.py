@@ -1,0 +1,352 @@
+"""Video in and out with PyAV: probing, picture-area (letterbox) detection, decoding straight to the
+prefiltered plate, frame-rate resampling, and lossless writers that only ever publish whole files."""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from .errors import Equi360Error
+
+# Lossless codecs for the reference: H.264 in its lossless RGB mode (qp 0) is ~3x faster to encode
+# than FFV1 and far smaller, and decodes bit-exactly; FFV1 is there for archival pipelines.
+CODECS = {"h264rgb": ("libx264rgb", {"qp": "0", "preset": "ultrafast"}), "ffv1": ("ffv1", {"level": "3", "slices": "4"})}
+DEFAULT_CODEC = "h264rgb"
+
+_AVCOL_SPC_BT709 = 1
+_AVCOL_SPC_UNSPECIFIED = 2
+_AVCOL_RANGE_JPEG = 2  # full range
+_BAR_LEVEL = 24  # a bar row/column never gets brighter than this (8-bit luma, full range)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: Path
+    width: int
+    height: int
+    fps: Fraction
+    duration_s: float
+    frame_count: int  # as the container states it, or estimated from the duration
+    codec: str
+
+    def describe(self) -> str:
+        return (f"{self.path.name}: {self.width}x{self.height}, {float(self.fps):.3f} fps, "
+                f"{self.frame_count} frames ({self.duration_s:.2f} s), {self.codec}")
+
+
+@dataclass(frozen=True)
+class PictureBox:
+    """The active picture inside the frame: letterbox/pillarbox bars excluded."""
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+def _open(path: Path):
+    try:
+        container = av.open(str(path))
+    except FileNotFoundError:
+        raise Equi360Error(f"{path}: no such file") from None
+    except (av.error.InvalidDataError, av.error.FFmpegError) as err:
+        raise Equi360Error(f"{path}: not a readable video ({err.strerror or err})") from None
+    if not container.streams.video:
+        container.close()
+        raise Equi360Error(f"{path}: has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
+def probe(path) -> SourceInfo:
+    """What the clip is; refuses files that are missing, not video, or hold no decodable frame."""
+    path = Path(path)
+    if path.is_dir():
+        raise Equi360Error(f"{path}: is a folder, not a video file")
+    container, stream = _open(path)
+    with container:
+        try:
+            first = next(container.decode(stream), None)
+        except av.error.FFmpegError as err:
+            raise Equi360Error(f"{path}: the video stream cannot be decoded ({err.strerror or err})") from None
+        if first is None:
+            raise Equi360Error(f"{path}: the video has no frames")
+        fps = stream.average_rate or stream.guessed_rate or Fraction(24)
+        duration = _duration_s(container, stream)
+        frames = stream.frames or max(1, round(duration * float(fps)))
+        return SourceInfo(path, first.width, first.height, Fraction(fps), duration, frames, stream.codec_context.name)
+
+
+def _duration_s(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _frame_time(frame, stream, origin: float, index: int, fps: Fraction) -> float:
+    if frame.pts is not None and stream.time_base is not None:
+        return float(frame.pts * stream.time_base) - origin
+    return index / float(fps)
+
+
+def _stream_origin(stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None = None) -> PictureBox:
+    """Find letterbox/pillarbox bars over several frames of the used span: every keyframe in it plus
+    frames from its first two seconds, so a fade from black can't make a single dark frame decide."""
+    container, stream = _open(info.path)
+    origin = _stream_origin(stream)
+    end_s = math.inf if span_s is None else start_s + span_s
+    samples: list[np.ndarray] = []
+    with container:
+        stream.codec_context.skip_frame = "NONKEY"
+        _seek(container, stream, start_s)
+        for i, frame in enumerate(container.decode(stream)):
+            t = _frame_time(frame, stream, origin, i, info.fps)
+            if t > end_s:
+                break
+            if t >= start_s - 1e-3:
+                samples.append(frame.to_ndarray(format="gray"))
+        stream.codec_context.skip_frame = "DEFAULT"
+        _seek(container, stream, start_s)
+        step = max(1, round(float(info.fps) / 4))  # 4 frames a second, for 2 s
+        taken = 0
+        for i, frame in enumerate(container.decode(stream)):
+            t = _frame_time(frame, stream, origin, i, info.fps)
+            if t > min(end_s, start_s + 2.0) or taken >= 8:
+                break
+            if t >= start_s - 1e-3 and i % step == 0:
+                samples.append(frame.to_ndarray(format="gray"))
+                taken += 1
+    return picture_box_from_samples(samples, info.width, info.height)
+
+
+def picture_box_from_samples(samples: list[np.ndarray], width: int, height: int) -> PictureBox:
+    """Bars are the rows/columns at the frame edges that stay dark in every sample. A result smaller than
+    half the frame (a night shot, a black frame) is not trusted: the whole frame is used instead."""
+    whole = PictureBox(0, 0, width, height)
+    if not samples:
+        return whole
+    # Every 4th pixel along a row (column) is plenty to tell a bar from picture, and 16x cheaper.
+    row_level = np.max([np.quantile(s[:, ::4], 0.98, axis=1) for s in samples], axis=0)
+    col_level = np.max([np.quantile(s[::4, :], 0.98, axis=0) for s in samples], axis=0)
+    top, bottom = _dark_run(row_level), _dark_run(row_level[::-1])
+    left, right = _dark_run(col_level), _dark_run(col_level[::-1])
+    # Even offsets and sizes keep 4:2:0 chroma aligned with luma after the crop.
+    x, y = _even_up(left), _even_up(top)
+    w, h = _even_down(width - right - x), _even_down(height - bottom - y)
+    if w < width / 2 or h < height / 2:
+        return whole
+    return PictureBox(x, y, w, h)
+
+
+def _dark_run(levels: np.ndarray) -> int:
+    bright = np.flatnonzero(levels > _BAR_LEVEL)
+    return int(bright[0]) if bright.size else len(levels)
+
+
+def _even_up(n: int) -> int:
+    return n + (n & 1)
+
+
+def _even_down(n: int) -> int:
+    return n - (n & 1)
+
+
+def _seek(container, stream, t: float) -> None:
+    if t > 0 and stream.time_base is not None:
+        container.seek(int((t + _stream_origin(stream)) / stream.time_base), stream=stream, backward=True)
+    else:
+        container.seek(0)
+
+
+def _color_args(frame) -> str:
+    """swscale assumes BT.601 for untagged video; players assume BT.709 for HD. Do what players do."""
+    if frame.colorspace == _AVCOL_SPC_UNSPECIFIED:
+        matrix = "bt709" if frame.height >= 720 else "bt601"
+    else:
+        matrix = "auto"
+    rng = "pc" if frame.color_range == _AVCOL_RANGE_JPEG else "tv" if frame.format.name.startswith("yuv") else "auto"
+    return f"in_color_matrix={matrix}:in_range={rng}"
+
+
+def resample_times(timed_frames: Iterator, fps_out: float, start_s: float, count: int | None,
+                   source_fps: float):
+    """Pick, for each output time ``start + k / fps_out``, the source frame nearest in time.
+
+    ``timed_frames`` yields ``(time_s, frame)`` in presentation order. Yields ``(k, frame, repeated)``,
+    ``repeated`` being True when the frame already served output ``k - 1``. Stops after ``count`` output
+    frames, or when the source runs out (half a source frame after its last one)."""
+    k = 0
+    previous = None  # (time, frame)
+    given = None
+
+    def wanted(until: float) -> bool:
+        return (count is None or k < count) and start_s + k / fps_out < until
+
+    for t, frame in timed_frames:
+        if previous is not None:
+            while wanted((previous[0] + t) / 2.0):
+                yield k, previous[1], given is previous[1]
+                given = previous[1]
+                k += 1
+            if count is not None and k >= count:
+                return
+        previous = (t, frame)
+    if previous is not None:
+        while wanted(previous[0] + 0.5 / source_fps):
+            yield k, previous[1], given is previous[1]
+            given = previous[1]
+            k += 1
+
+
+def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, int],
+                  plate_size: tuple[int, int], fps_out: float, start_s: float, count: int | None):
+    """Yield ``(k, plate, repeated)`` for each output frame: the cropped window of the picture, area-
+    downscaled to ``plate_size`` and converted to BGRA by swscale in one step (the prefilter)."""
+    container, stream = _open(info.path)
+    origin = _stream_origin(stream)
+    cx, cy, cw, ch = crop
+    with container:
+        _seek(container, stream, start_s)
+        graph = None
+        plate = None
+        timed = ((_frame_time(f, stream, origin, i, info.fps), f) for i, f in enumerate(container.decode(stream)))
+        for k, frame, repeated in resample_times(timed, fps_out, start_s, count, float(info.fps)):
+            if not repeated or plate is None:
+                if graph is None:
+                    graph = _plate_graph(stream, frame, (box.x + cx, box.y + cy, cw, ch), plate_size)
+                graph.push(frame)
+                plate = graph.pull().to_ndarray()
+            yield k, plate, repeated
+
+
+def _plate_graph(stream, first_frame, crop, plate_size):
+    x, y, w, h = crop
+    graph = av.filter.Graph()
+    chain = [
+        graph.add_buffer(template=stream),
+        graph.add("crop", f"{w}:{h}:{x}:{y}"),
+        graph.add("scale", f"{plate_size[0]}:{plate_size[1]}:flags=area:{_color_args(first_frame)}"),
+        graph.add("format", "bgra"),
+        graph.add("buffersink"),
+    ]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+class _Writer:
+    """One lossless video stream into a container opened on a temporary path."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, codec: str, pix_fmt: str, options: dict):
+        self.container = av.open(str(path), "w", format="matroska")
+        self.stream = self.container.add_stream(codec, rate=fps)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt
+        self.stream.options = dict(options)
+        self.stream.codec_context.thread_count = 0  # as many as there are cores
+
+    def encode(self, frame) -> list:
+        packets = self.stream.encode(frame)
+        for p in packets:
+            self.container.mux(p)
+        return packets
+
+    def close(self) -> None:
+        self.encode(None)
+        self.container.close()
+
+
+class ReferenceWriter:
+    """Writes the reference video (BGR, lossless) and its mask (gray FFV1) frame by frame.
+
+    FFV1 frames are all intra-coded, so while the mask stays the same its one encoded packet is muxed
+    again with the next timestamp instead of being re-encoded."""
+
+    def __init__(self, video_path: Path, mask_path: Path, width: int, height: int, fps: Fraction, codec: str):
+        name, options = CODECS[codec]
+        self._video = _Writer(video_path, width, height, fps, name, "bgr0", options)
+        self._mask = _Writer(mask_path, width, height, fps, "ffv1", "gray", {})
+        self._mask_bytes: bytes | None = None
+        self._mask_source = None
+        self._index = 0
+
+    def write(self, canvas_bgra: np.ndarray, mask: np.ndarray) -> None:
+        self._video.encode(_bgr0_frame(canvas_bgra))
+        if mask is not self._mask_source:
+            self._mask_source = mask
+            self._mask_bytes = None
+            frame = av.VideoFrame.from_ndarray(mask, format="gray")
+            frame.pts = self._index
+            packets = self._mask.encode(frame)
+            if len(packets) == 1:
+                self._mask_bytes = bytes(packets[0])
+            elif packets:
+                raise RuntimeError("mask encoder returned several packets for one frame")
+        else:
+            packet = av.Packet(self._mask_bytes)
+            packet.stream = self._mask.stream
+            packet.time_base = self._mask.stream.time_base
+            packet.pts = packet.dts = round(self._index / (self._mask.stream.codec_context.framerate * packet.time_base))
+            packet.duration = round(1 / (self._mask.stream.codec_context.framerate * packet.time_base))
+            packet.is_keyframe = True
+            self._mask.container.mux(packet)
+        self._index += 1
+
+    def close(self) -> None:
+        self._video.close()
+        self._mask.close()
+
+
+def _bgr0_frame(canvas_bgra: np.ndarray):
+    """The canvas as a frame already in the encoder's pixel format, so no conversion pass runs."""
+    height, width = canvas_bgra.shape[:2]
+    frame = av.VideoFrame(width, height, "bgr0")
+    if frame.planes[0].line_size != width * 4:  # padded rows: let PyAV lay them out
+        return av.VideoFrame.from_ndarray(canvas_bgra, format="bgra").reformat(format="bgr0")
+    frame.planes[0].update(canvas_bgra)
+    return frame
+
+
+@contextmanager
+def atomic_outputs(*paths: Path):
+    """Yield temporary paths next to ``paths``; rename them all into place only if the block succeeds,
+    delete them otherwise (including on Ctrl-C), so a failed run never leaves a half-written file."""
+    temps = []
+    try:
+        for p in paths:
+            p = Path(p)
+            if not p.parent.is_dir():
+                raise Equi360Error(f"{p}: the folder {p.parent} does not exist")
+            if not os.access(p.parent, os.W_OK):
+                raise Equi360Error(f"{p}: the folder {p.parent} is not writable")
+            if p.is_dir():
+                raise Equi360Error(f"{p}: is a folder; name an output file")
+            temps.append(p.with_name(f".{p.name}.partial-{os.getpid()}"))
+        yield temps
+        for tmp, final in zip(temps, paths):
+            os.replace(tmp, final)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def read_frames(path, fmt: str = "rgb24") -> Iterator[np.ndarray]:
+    """Decode every frame of a video as arrays (``rgb24`` (H, W, 3) or ``gray`` (H, W))."""
+    container, stream = _open(Path(path))
+    with container:
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format=fmt)
