@@ -103,13 +103,13 @@ def plate_crop(picture: PictureBox, crop: str) -> tuple[int, int, int, int]:
 
 
 def _check_outputs(source: Path, video: Path, mask: Path) -> None:
+    if source.resolve() in (video.resolve(), mask.resolve()):
+        raise Equi360Error("the output would overwrite the source clip: choose another name")
+    if video.resolve() == mask.resolve():
+        raise Equi360Error("the mask must be a different file from the reference video")
     for p in (video, mask):
         if p.suffix.lower() != ".mkv":
             raise Equi360Error(f"{p}: write the reference and its mask as .mkv (lossless Matroska)")
-    if video.resolve() == mask.resolve():
-        raise Equi360Error("the mask must be a different file from the reference video")
-    if source.resolve() in (video.resolve(), mask.resolve()):
-        raise Equi360Error("the output would overwrite the source clip: choose another name")
 
 
 def default_mask_path(video: Path) -> Path:

@@ -21,7 +21,9 @@ from .errors import Equi360Error
 CODECS = {"h264rgb": ("libx264rgb", {"qp": "0", "preset": "ultrafast"}), "ffv1": ("ffv1", {"level": "3", "slices": "4"})}
 DEFAULT_CODEC = "h264rgb"
 
-_AVCOL_SPC_BT709 = 1
+# swscale's "bilinear" is, when downscaling, a tent filter as wide as the scale ratio: an area-style
+# prefilter that leaves ~5x less moiré than its "area" mode on fine stripes at the same cost.
+PREFILTER = "bilinear"
 _AVCOL_SPC_UNSPECIFIED = 2
 _AVCOL_RANGE_JPEG = 2  # full range
 _BAR_LEVEL = 24  # a bar row/column never gets brighter than this (8-bit luma, full range)
@@ -56,6 +58,8 @@ def _open(path: Path):
         container = av.open(str(path))
     except FileNotFoundError:
         raise Equi360Error(f"{path}: no such file") from None
+    except av.error.EOFError:
+        raise Equi360Error(f"{path}: the video has no frames (the file ends before its first one)") from None
     except (av.error.InvalidDataError, av.error.FFmpegError) as err:
         raise Equi360Error(f"{path}: not a readable video ({err.strerror or err})") from None
     if not container.streams.video:
@@ -75,6 +79,8 @@ def probe(path) -> SourceInfo:
     with container:
         try:
             first = next(container.decode(stream), None)
+        except av.error.EOFError:
+            first = None
         except av.error.FFmpegError as err:
             raise Equi360Error(f"{path}: the video stream cannot be decoded ({err.strerror or err})") from None
         if first is None:
@@ -134,22 +140,31 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
 
 
 def picture_box_from_samples(samples: list[np.ndarray], width: int, height: int) -> PictureBox:
-    """Bars are the rows/columns at the frame edges that stay dark in every sample. A result smaller than
-    half the frame (a night shot, a black frame) is not trusted: the whole frame is used instead."""
+    """Bars are the rows/columns at the frame edges that stay dark in every sample. Letterbox and
+    pillarbox bars come in equal pairs; a lopsided dark band (a night sky, a dark floor) is picture, and
+    so is everything when less than half the frame would remain (a black frame)."""
     whole = PictureBox(0, 0, width, height)
     if not samples:
         return whole
     # Every 4th pixel along a row (column) is plenty to tell a bar from picture, and 16x cheaper.
     row_level = np.max([np.quantile(s[:, ::4], 0.98, axis=1) for s in samples], axis=0)
     col_level = np.max([np.quantile(s[::4, :], 0.98, axis=0) for s in samples], axis=0)
-    top, bottom = _dark_run(row_level), _dark_run(row_level[::-1])
-    left, right = _dark_run(col_level), _dark_run(col_level[::-1])
+    top, bottom = _bar_pair(row_level)
+    left, right = _bar_pair(col_level)
     # Even offsets and sizes keep 4:2:0 chroma aligned with luma after the crop.
     x, y = _even_up(left), _even_up(top)
     w, h = _even_down(width - right - x), _even_down(height - bottom - y)
     if w < width / 2 or h < height / 2:
         return whole
     return PictureBox(x, y, w, h)
+
+
+def _bar_pair(levels: np.ndarray) -> tuple[int, int]:
+    """Sizes of the dark runs at both ends, or (0, 0) unless they match within 2 % (+2 px)."""
+    first, last = _dark_run(levels), _dark_run(levels[::-1])
+    if abs(first - last) > 2 + 0.02 * len(levels):
+        return 0, 0
+    return first, last
 
 
 def _dark_run(levels: np.ndarray) -> int:
@@ -214,8 +229,8 @@ def resample_times(timed_frames: Iterator, fps_out: float, start_s: float, count
 
 def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, int],
                   plate_size: tuple[int, int], fps_out: float, start_s: float, count: int | None):
-    """Yield ``(k, plate, repeated)`` for each output frame: the cropped window of the picture, area-
-    downscaled to ``plate_size`` and converted to BGRA by swscale in one step (the prefilter)."""
+    """Yield ``(k, plate, repeated)`` for each output frame: the cropped window of the picture,
+    downscaled to ``plate_size`` through the prefilter and converted to BGRA by swscale in one step."""
     container, stream = _open(info.path)
     origin = _stream_origin(stream)
     cx, cy, cw, ch = crop
@@ -239,7 +254,7 @@ def _plate_graph(stream, first_frame, crop, plate_size):
     chain = [
         graph.add_buffer(template=stream),
         graph.add("crop", f"{w}:{h}:{x}:{y}"),
-        graph.add("scale", f"{plate_size[0]}:{plate_size[1]}:flags=area:{_color_args(first_frame)}"),
+        graph.add("scale", f"{plate_size[0]}:{plate_size[1]}:flags={PREFILTER}:{_color_args(first_frame)}"),
         graph.add("format", "bgra"),
         graph.add("buffersink"),
     ]

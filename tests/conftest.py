@@ -1,0 +1,44 @@
+"""Shared test helpers: synthetic clips written with PyAV, as a user's camera or editor would."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_clip(path: Path, frames: int, width: int, height: int, fps, draw, codec: str = "libx264",
+               pix_fmt: str = "yuv420p") -> Path:
+    """Encode ``draw(k) -> (height, width, 3) uint8 RGB`` for k in range(frames); ``fps`` int or Fraction."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if codec == "libx264":
+            stream.options = {"crf": "12", "preset": "veryfast"}
+        for k in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(draw(k), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def smooth_texture(width: int, height: int, phase: float = 0.0, min_period: float = 48.0) -> np.ndarray:
+    """A band-limited, asymmetric RGB texture (no detail finer than ``min_period`` pixels)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    p = min_period
+    r = 128 + 60 * np.sin(2 * math.pi * x / (2.3 * p) + phase) + 40 * np.cos(2 * math.pi * y / p)
+    g = 128 + 70 * np.sin(2 * math.pi * (x + 2 * y) / (3.1 * p) - phase) + 30 * (x / width)
+    b = 100 + 90 * np.cos(2 * math.pi * (0.7 * x - y) / (1.7 * p) + 2 * phase) * (y / height)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def textured_clip(tmp_path):
+    """A 2.39:1 clip, 20 frames at 24 fps, moving band-limited texture."""
+    return write_clip(tmp_path / "clip.mp4", 20, 320, 134, 24, lambda k: smooth_texture(320, 134, k / 5))
