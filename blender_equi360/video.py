@@ -248,16 +248,23 @@ def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, 
             yield k, plate, repeated
 
 
+# Without full_chroma_int/accurate_rnd swscale's YUV→RGB comes out ~1.5 levels dark.
+_EXACT_COLOUR = "full_chroma_int+accurate_rnd"
+
+
 def _plate_graph(stream, first_frame, crop, plate_size):
     x, y, w, h = crop
+    return _graph(stream, [
+        ("crop", f"{w}:{h}:{x}:{y}"),
+        ("scale", f"{plate_size[0]}:{plate_size[1]}:flags={PREFILTER}+{_EXACT_COLOUR}:{_color_args(first_frame)}"),
+        ("format", "bgra"),
+    ])
+
+
+def _graph(stream, filters):
     graph = av.filter.Graph()
-    chain = [
-        graph.add_buffer(template=stream),
-        graph.add("crop", f"{w}:{h}:{x}:{y}"),
-        graph.add("scale", f"{plate_size[0]}:{plate_size[1]}:flags={PREFILTER}:{_color_args(first_frame)}"),
-        graph.add("format", "bgra"),
-        graph.add("buffersink"),
-    ]
+    chain = [graph.add_buffer(template=stream), *(graph.add(name, args) for name, args in filters),
+             graph.add("buffersink")]
     for a, b in zip(chain, chain[1:]):
         a.link_to(b)
     graph.configure()
@@ -360,8 +367,14 @@ def atomic_outputs(*paths: Path):
 
 
 def read_frames(path, fmt: str = "rgb24") -> Iterator[np.ndarray]:
-    """Decode every frame of a video as arrays (``rgb24`` (H, W, 3) or ``gray`` (H, W))."""
+    """Decode every frame of a video as arrays (``rgb24`` (H, W, 3) or ``gray`` (H, W)), with the same
+    colour conversion as the builder."""
     container, stream = _open(Path(path))
     with container:
+        graph = None
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format=fmt)
+            if graph is None:
+                graph = _graph(stream, [("scale", f"flags=bilinear+{_EXACT_COLOUR}:{_color_args(frame)}"),
+                                        ("format", fmt)])
+            graph.push(frame)
+            yield graph.pull().to_ndarray()
