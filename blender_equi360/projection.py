@@ -20,6 +20,7 @@ from .errors import Equi360Error
 
 _ROW_BLOCK = 64  # canvas rows per block while building a mapping: bounds its memory
 _LANE_MASK = np.uint64(0x00FF00FF00FF00FF)
+_COLOUR_LANES = np.uint64(0x000000FF00FF00FF)  # the three colour lanes; the 4th (alpha) cleared
 _LANE_HALF = np.uint64(0x0080008000800080)  # +0.5 in every lane after a ×256 weight: rounds, not truncates
 _EIGHT = np.uint64(8)
 
@@ -155,8 +156,9 @@ class PlateMapping:
 
         dst, taps, weights = [], [], []
         cols = np.arange(size.width)
-        for row0 in range(0, size.height, _ROW_BLOCK):
-            rows = np.arange(row0, min(row0 + _ROW_BLOCK, size.height))
+        first_row, end_row = _footprint_rows(lens, size)
+        for row0 in range(first_row, end_row, _ROW_BLOCK):
+            rows = np.arange(row0, min(row0 + _ROW_BLOCK, end_row))
             lon, lat = pixel_to_lonlat(cols[None, :], rows[:, None], size.width, size.height)
             u, v, in_front = lens.to_window(lonlat_to_direction(lon, lat))
             inside = in_front & (u >= 0) & (u <= lens.width) & (v >= 0) & (v <= lens.height)
@@ -199,8 +201,9 @@ class PlateMapping:
         plate_w, plate_h = self.plate_size
         if plate.shape != (plate_h, plate_w, 4) or plate.dtype != np.uint8:
             raise ValueError(f"expected a {plate_w}x{plate_h} 4-channel uint8 plate, got {plate.shape}")
-        self._lanes[:, :3] = plate.reshape(-1, 4)[:, :3]
+        np.copyto(self._lanes, plate.reshape(-1, 4))  # contiguous widening copy: fast
         lanes = self._lanes.reshape(-1).view(np.uint64)
+        lanes &= _COLOUR_LANES
         acc = lanes[self.taps[0]] * self.weights[0]
         for k in (1, 2, 3):
             acc += lanes[self.taps[k]] * self.weights[k]
@@ -209,6 +212,24 @@ class PlateMapping:
         acc &= _LANE_MASK
         self._canvas_words[self.dst] = acc.view(np.uint16).reshape(-1, 4).astype(np.uint8).view(np.uint32)[:, 0]
         return self._canvas
+
+
+def _footprint_rows(lens: _Lens, size: CanvasSize) -> tuple[int, int]:
+    """The canvas rows the window can reach: from the latitudes along its border (a great-circle arc
+    between border samples can bulge past them, hence the margin), or up to a pole it contains."""
+    edge = np.linspace(0.0, 1.0, 257)
+    u = np.concatenate([edge, np.ones_like(edge), edge, np.zeros_like(edge)]) * lens.width
+    v = np.concatenate([np.zeros_like(edge), edge, np.ones_like(edge), edge]) * lens.height
+    _, lat = direction_to_lonlat(lens.to_direction(u, v))
+    top, bottom = lat.max(), lat.min()
+    for pole in (1.0, -1.0):
+        pu, pv, in_front = lens.to_window(np.array([0.0, 0.0, pole]))
+        if in_front and 0 <= pu <= lens.width and 0 <= pv <= lens.height:
+            top, bottom = (math.pi / 2, bottom) if pole > 0 else (top, -math.pi / 2)
+    margin = 2
+    first = int(np.floor(lonlat_to_pixel(0.0, top, size.width, size.height)[1])) - margin
+    last = int(np.ceil(lonlat_to_pixel(0.0, bottom, size.width, size.height)[1])) + margin
+    return max(first, 0), min(last + 1, size.height)
 
 
 def _bilinear(sx: np.ndarray, sy: np.ndarray, width: int, height: int):

@@ -14,8 +14,8 @@ from typing import Callable
 from .camera import Camera
 from .errors import Equi360Error
 from .projection import CanvasSize, PlateMapping, Window, prefiltered_plate_size
-from .video import (CODECS, DEFAULT_CODEC, PictureBox, ReferenceWriter, SourceInfo, atomic_outputs,
-                    decode_plates, detect_picture, probe)
+from .video import (CODECS, DEFAULT_CODEC, LosslessVideoWriter, PictureBox, SourceInfo, atomic_outputs,
+                    decode_plates, detect_picture, probe, write_held_image)
 
 TARGET_ASPECT = 2.39  # the model's sweet spot
 CROPS = ("center", "top", "bottom", "none")
@@ -154,14 +154,14 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     total = settings.frames
     written = 0
     with atomic_outputs(output, mask) as (tmp_video, tmp_mask):
-        writer = ReferenceWriter(tmp_video, tmp_mask, settings.size.width, settings.size.height, fps, settings.codec)
+        writer = LosslessVideoWriter(tmp_video, settings.size.width, settings.size.height, fps, settings.codec)
         try:
             canvas = None
             for k, plate, repeated in decode_plates(info, picture, (cx, cy, cw, ch), plate_size,
                                                     settings.fps, settings.start_s, settings.frames):
                 if not repeated:
                     canvas = mapping.project(plate)
-                writer.write(canvas, mapping.mask)
+                writer.write(canvas)
                 written += 1
                 if progress:
                     progress(written, total)
@@ -170,12 +170,15 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
             target = settings.frames if settings.frames is not None else round_up_frame_count(written)
             padded = target - written
             for _ in range(padded):  # hold the last frame: the model needs 8k+1 frames
-                writer.write(canvas, mapping.mask)
+                writer.write(canvas)
                 written += 1
                 if progress:
                     progress(written, target)
         finally:
             writer.close()
+        # The camera is static, so the mask is one image; written after the video so the two encoders
+        # never hold memory at the same time.
+        write_held_image(tmp_mask, mapping.mask, written, fps)
     if padded:
         notes.append(f"the clip gave {target - padded} frames: padded to {target} by holding the last frame")
     elif settings.frames is not None and info.duration_s - settings.start_s > span_s + 0.5 / settings.fps:

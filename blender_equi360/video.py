@@ -272,7 +272,7 @@ def _graph(stream, filters):
 
 
 class _Writer:
-    """One lossless video stream into a container opened on a temporary path."""
+    """One video stream into a Matroska file (on a temporary path: see ``atomic_outputs``)."""
 
     def __init__(self, path: Path, width: int, height: int, fps: Fraction, codec: str, pix_fmt: str, options: dict):
         self.container = av.open(str(path), "w", format="matroska")
@@ -292,45 +292,37 @@ class _Writer:
         self.container.close()
 
 
-class ReferenceWriter:
-    """Writes the reference video (BGR, lossless) and its mask (gray FFV1) frame by frame.
+class LosslessVideoWriter(_Writer):
+    """Encodes BGRA canvases (the 4th channel is ignored) losslessly with one of ``CODECS``."""
 
-    FFV1 frames are all intra-coded, so while the mask stays the same its one encoded packet is muxed
-    again with the next timestamp instead of being re-encoded."""
-
-    def __init__(self, video_path: Path, mask_path: Path, width: int, height: int, fps: Fraction, codec: str):
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, codec: str = DEFAULT_CODEC):
         name, options = CODECS[codec]
-        self._video = _Writer(video_path, width, height, fps, name, "bgr0", options)
-        self._mask = _Writer(mask_path, width, height, fps, "ffv1", "gray", {})
-        self._mask_bytes: bytes | None = None
-        self._mask_source = None
-        self._index = 0
+        super().__init__(path, width, height, fps, name, "bgr0", options)
 
-    def write(self, canvas_bgra: np.ndarray, mask: np.ndarray) -> None:
-        self._video.encode(_bgr0_frame(canvas_bgra))
-        if mask is not self._mask_source:
-            self._mask_source = mask
-            self._mask_bytes = None
-            frame = av.VideoFrame.from_ndarray(mask, format="gray")
-            frame.pts = self._index
-            packets = self._mask.encode(frame)
-            if len(packets) == 1:
-                self._mask_bytes = bytes(packets[0])
-            elif packets:
-                raise RuntimeError("mask encoder returned several packets for one frame")
-        else:
-            packet = av.Packet(self._mask_bytes)
-            packet.stream = self._mask.stream
-            packet.time_base = self._mask.stream.time_base
-            packet.pts = packet.dts = round(self._index / (self._mask.stream.codec_context.framerate * packet.time_base))
-            packet.duration = round(1 / (self._mask.stream.codec_context.framerate * packet.time_base))
+    def write(self, canvas_bgra: np.ndarray) -> None:
+        self.encode(_bgr0_frame(canvas_bgra))
+
+
+def write_held_image(path: Path, image_gray: np.ndarray, frames: int, fps: Fraction) -> None:
+    """A lossless video of one gray image held for ``frames`` frames. FFV1 codes every frame on its own,
+    so the image is encoded once and its packet muxed again for each timestamp."""
+    height, width = image_gray.shape
+    writer = _Writer(path, width, height, fps, "ffv1", "gray", {})
+    try:
+        packets = writer.stream.encode(av.VideoFrame.from_ndarray(image_gray, format="gray"))
+        packets += writer.stream.encode(None)
+        (encoded,) = packets
+        frame_ticks = round(1 / (fps * encoded.time_base))
+        payload = bytes(encoded)
+        for k in range(frames):
+            packet = av.Packet(payload)
+            packet.stream, packet.time_base = writer.stream, encoded.time_base
+            packet.pts = packet.dts = k * frame_ticks
+            packet.duration = frame_ticks
             packet.is_keyframe = True
-            self._mask.container.mux(packet)
-        self._index += 1
-
-    def close(self) -> None:
-        self._video.close()
-        self._mask.close()
+            writer.container.mux(packet)
+    finally:
+        writer.container.close()
 
 
 def _bgr0_frame(canvas_bgra: np.ndarray):

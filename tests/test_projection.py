@@ -8,6 +8,7 @@ import pytest
 
 from blender_equi360.camera import Camera
 from blender_equi360.errors import Equi360Error
+from blender_equi360 import projection
 from blender_equi360.metrics import psnr
 from blender_equi360.projection import (CanvasSize, PlateMapping, Window, equirect_to_perspective,
                                         lonlat_to_pixel, pixel_to_lonlat, prefiltered_plate_size)
@@ -219,3 +220,14 @@ def test_fov_out_of_range_is_refused(hfov):
 
 def test_focal_length_and_sensor_width_give_the_fov():
     assert Camera.from_focal_length(18.0, 36.0).hfov_deg == pytest.approx(90.0)
+
+
+@pytest.mark.parametrize("camera", [Camera(100), Camera(100, pitch_deg=60), Camera(170, pitch_deg=-89),
+                                    Camera(120, yaw_deg=180, roll_deg=90), Camera(30, pitch_deg=88)])
+def test_mapping_only_skips_rows_the_plate_cannot_reach(camera, monkeypatch):
+    window = Window.whole(478, 200)
+    size = CanvasSize(512, 256)
+    fast = PlateMapping(camera, window, size, (478, 200))
+    monkeypatch.setattr(projection, "_footprint_rows", lambda lens, size: (0, size.height))
+    every_row = PlateMapping(camera, window, size, (478, 200))
+    assert np.array_equal(fast.mask, every_row.mask) and np.array_equal(fast.dst, every_row.dst)
