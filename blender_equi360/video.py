@@ -109,9 +109,14 @@ def _stream_origin(stream) -> float:
     return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
 
+FADE_SAMPLES = 4      # frames sampled from the start of the used span, a quarter second apart
+FADE_SAMPLE_STEP_S = 0.25
+
+
 def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None = None) -> PictureBox:
-    """Find letterbox/pillarbox bars over several frames of the used span: every keyframe in it plus
-    frames from its first two seconds, so a fade from black can't make a single dark frame decide."""
+    """Find letterbox/pillarbox bars over several frames of the used span: every keyframe in it (cheap
+    to decode alone) plus frames from its first second, so a fade from black can't make a single dark
+    frame decide."""
     container, stream = _open(info.path)
     origin = _stream_origin(stream)
     end_s = math.inf if span_s is None else start_s + span_s
@@ -127,15 +132,14 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
                 samples.append(frame.to_ndarray(format="gray"))
         stream.codec_context.skip_frame = "DEFAULT"
         _seek(container, stream, start_s)
-        step = max(1, round(float(info.fps) / 4))  # 4 frames a second, for 2 s
-        taken = 0
+        next_sample_s = start_s
         for i, frame in enumerate(container.decode(stream)):
             t = _frame_time(frame, stream, origin, i, info.fps)
-            if t > min(end_s, start_s + 2.0) or taken >= 8:
+            if t > end_s or next_sample_s > start_s + (FADE_SAMPLES - 0.5) * FADE_SAMPLE_STEP_S:
                 break
-            if t >= start_s - 1e-3 and i % step == 0:
+            if t >= next_sample_s - 0.5 / float(info.fps):
                 samples.append(frame.to_ndarray(format="gray"))
-                taken += 1
+                next_sample_s += FADE_SAMPLE_STEP_S
     return picture_box_from_samples(samples, info.width, info.height)
 
 
