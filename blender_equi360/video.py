@@ -3,6 +3,8 @@ prefiltered plate, frame-rate resampling, and lossless writers that only ever pu
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 from contextlib import contextmanager
@@ -294,6 +296,16 @@ class _Writer:
     def close(self) -> None:
         self.encode(None)
         self.container.close()
+        _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory a closed encoder freed back to the system (glibc keeps it otherwise), so the
+    next encoder's buffers don't stack on top of it in the process's peak."""
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
 
 
 class LosslessVideoWriter(_Writer):
