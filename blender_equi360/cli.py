@@ -15,6 +15,7 @@ from .video import CODECS, DEFAULT_CODEC
 
 EXIT_USAGE = 2  # argparse's own code for bad arguments
 EXIT_BAD_INPUT = 3
+EXIT_IO_ERROR = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     except Equi360Error as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:  # disk full, permissions changing under us, ...
+        print(f"error: could not write the output: {err}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -245,13 +245,18 @@ def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, 
         graph = None
         plate = None
         timed = ((_frame_time(f, stream, origin, i, info.fps), f) for i, f in enumerate(container.decode(stream)))
-        for k, frame, repeated in resample_times(timed, fps_out, start_s, count, float(info.fps)):
-            if not repeated or plate is None:
-                if graph is None:
-                    graph = _plate_graph(stream, frame, (box.x + cx, box.y + cy, cw, ch), plate_size)
-                graph.push(frame)
-                plate = graph.pull().to_ndarray()
-            yield k, plate, repeated
+        k = 0
+        try:
+            for k, frame, repeated in resample_times(timed, fps_out, start_s, count, float(info.fps)):
+                if not repeated or plate is None:
+                    if graph is None:
+                        graph = _plate_graph(stream, frame, (box.x + cx, box.y + cy, cw, ch), plate_size)
+                    graph.push(frame)
+                    plate = graph.pull().to_ndarray()
+                yield k, plate, repeated
+        except av.error.FFmpegError as err:
+            raise Equi360Error(f"{info.path}: decoding failed near output frame {k} ({err.strerror or err}); "
+                               "the file may be damaged: re-export it") from None
 
 
 # Without full_chroma_int/accurate_rnd swscale's YUV→RGB comes out ~1.5 levels dark.
