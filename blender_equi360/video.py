@@ -41,10 +41,6 @@ class SourceInfo:
     frame_count: int  # as the container states it, or estimated from the duration
     codec: str
 
-    def describe(self) -> str:
-        return (f"{self.path.name}: {self.width}x{self.height}, {float(self.fps):.3f} fps, "
-                f"{self.frame_count} frames ({self.duration_s:.2f} s), {self.codec}")
-
 
 @dataclass(frozen=True)
 class PictureBox:
