@@ -320,6 +320,34 @@ class LosslessVideoWriter(_Writer):
         self.encode(_bgr0_frame(canvas_bgra))
 
 
+class PlaybackVideoWriter:
+    """RGB frames to H.264 (yuv420p, BT.709, tagged) in MP4: what players and Blender read everywhere."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, crf: int = 16, title: str | None = None):
+        self.container = av.open(str(path), "w", format="mp4")
+        if title:
+            self.container.metadata["title"] = title
+            self.container.metadata["comment"] = title
+        self.stream = self.container.add_stream("libx264", rate=fps)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.stream.options = {"crf": str(crf), "preset": "medium", "colorprim": "bt709", "transfer": "bt709",
+                               "colormatrix": "bt709"}
+        self.stream.codec_context.colorspace = 1  # BT.709, so readers don't guess
+        self.stream.codec_context.color_range = 1  # limited ("tv") range
+
+    def write(self, rgb: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG",
+                               interpolation="BICUBIC")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode(None):
+            self.container.mux(packet)
+        self.container.close()
+
+
 def write_held_image(path: Path, image_gray: np.ndarray, frames: int, fps: Fraction) -> None:
     """A lossless video of one gray image held for ``frames`` frames. FFV1 codes every frame on its own,
     so the image is encoded once and its packet muxed again for each timestamp."""

@@ -1,0 +1,51 @@
+"""The subprocess protocol between the add-on and the engine: events, error codes, exit codes.
+
+The engine writes one JSON object per line on stdout and nothing else there; logs go to stderr and to
+``engine.log`` in the job folder. Events:
+
+* ``{"event": "progress", "stage": str, "step": int, "total": int, "eta_s": float | null}``
+* ``{"event": "log", "message": str}``
+* ``{"event": "warning", "code": str, "message": str}``
+* ``{"event": "error", "code": str, "message": str}``: the run failed; the process exits with
+  ``EXIT_CODES[code]``
+* ``{"event": "done", "outputs": {name: path}, "seconds": float, "peak_vram_gb": float | null,
+  "backend": str, "draft": bool}``
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Each error the engine reports has a code (for programs) and a distinct exit status (for shells).
+EXIT_CODES = {
+    "internal": 1,
+    "bad_job": 10,
+    "no_cuda": 11,
+    "cuda_oom": 12,
+    "missing_weights": 13,
+    "corrupt_weights": 14,
+    "ltx20_checkpoint": 15,
+    "wrong_lora": 16,
+    "bad_input": 17,
+    "cancelled": 20,
+}
+EVENTS = ("progress", "log", "warning", "error", "done")
+
+
+def event_line(event: str, **fields: Any) -> str:
+    """One protocol line (without the newline)."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    return json.dumps({"event": event, **fields}, ensure_ascii=False, allow_nan=False)
+
+
+def parse_event(line: str) -> dict:
+    """Parse one stdout line of the engine; a line that is not a protocol event raises ValueError."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a JSON line: {line[:80]!r}") from err
+    if not isinstance(event, dict) or event.get("event") not in EVENTS:
+        raise ValueError(f"not a protocol event: {line[:80]!r}")
+    return event

@@ -1,0 +1,31 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``python -m engine run JOB_DIR`` | ``python -m engine check [JOB_DIR]``"""
+
+import argparse
+import sys
+
+from .check import check
+from .protocol_io import Channel
+from .runner import log_path, run
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Equi360 generation engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_cmd = sub.add_parser("run", help="run the job in JOB_DIR; JSON events on stdout")
+    run_cmd.add_argument("job_dir")
+    check_cmd = sub.add_parser("check", help="print what is present and missing, as JSON")
+    check_cmd.add_argument("job_dir", nargs="?", help="also check the model files this job names")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        print(check(args.job_dir))
+        return 0
+    channel = Channel(log_path(args.job_dir))
+    channel.listen_for_cancel()
+    try:
+        return run(args.job_dir, channel)
+    finally:
+        channel.close()
+
+
+sys.exit(main())
