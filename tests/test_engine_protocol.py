@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import av
 import numpy as np
 import pytest
 
@@ -55,7 +56,8 @@ def test_draft_job_end_to_end(job_dir, reference):
     assert done["backend"] == "draft" and done["draft"] is True
     result = done["outputs"]["video"]
     assert result == str(job_dir / "result.mp4") and probe(result).frame_count == 49
-    assert "DRAFT" in __import__("av").open(result).metadata.get("title", "")
+    with av.open(result) as container:
+        assert "DRAFT" in container.metadata.get("title", "")
     frames, refs = list(read_frames(result)), list(read_frames(job_dir / "reference.mkv"))
     mask = next(read_frames(job_dir / "mask.mkv", "gray"))
     assert len(frames) == 49
