@@ -12,6 +12,12 @@ from pathlib import Path
 from blender_equi360.errors import Equi360Error
 from blender_equi360.job import ModelFiles, job_path, load_job
 
+from .protocol_io import EngineError
+from .weights import check_checkpoint, check_lora, check_text_encoder
+
+CHECKS = {"checkpoint": check_checkpoint, "text_encoder": check_text_encoder, "ic_lora": check_lora,
+          "distilled_lora": lambda p: check_lora(p, "distilled LoRA")}
+
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "safetensors", "av", "numpy")
 
 
@@ -49,7 +55,13 @@ def _model_files(job_dir) -> dict:
         path = job_path(job_dir, name)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else (
             path.stat().st_size if path.exists() else None)
-        report[f.name] = {"configured": True, "path": str(path), "present": path.exists(), "bytes": size}
+        entry = {"configured": True, "path": str(path), "present": path.exists(), "bytes": size}
+        try:
+            CHECKS[f.name](path)
+            entry["ok"] = True
+        except EngineError as err:
+            entry.update(ok=False, code=err.code, message=str(err))
+        report[f.name] = entry
     return report
 
 
@@ -68,5 +80,5 @@ def check(job_dir=None) -> str:
         missing.append("cuda")
     report["missing"] = missing
     report["ready_for_ltx"] = not missing and job_dir is not None and all(
-        v.get("present") for k, v in report["models"].items() if k != "distilled_lora")
+        v.get("ok") for k, v in report["models"].items() if k != "distilled_lora")
     return json.dumps(report, indent=2)

@@ -134,8 +134,9 @@ def test_check_reports_what_is_missing(job_dir):
                          capture_output=True, text=True, timeout=120)
     report = json.loads(out.stdout)
     assert out.returncode == 0 and report["packages"]["diffusers"] == "0.42.1"
-    assert report["models"]["checkpoint"] == {"configured": True, "present": False, "bytes": None,
-                                              "path": str(job_dir / "ltx-2.3-22b-dev.safetensors")}
+    entry = report["models"]["checkpoint"]
+    assert entry["configured"] and not entry["present"] and not entry["ok"] and entry["code"] == "missing_weights"
+    assert entry["path"] == str(job_dir / "ltx-2.3-22b-dev.safetensors")
     assert "model:checkpoint" in report["missing"] and report["ready_for_ltx"] is False
 
 

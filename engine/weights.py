@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Checks of the model files before anything is loaded: present, whole (not a truncated download), and
+the right thing (LTX-2.3, not LTX-2.0; an IC-LoRA; a Gemma 3 folder). Reads only safetensors headers,
+so checking a 46 GB checkpoint takes milliseconds."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .protocol_io import EngineError
+
+TRANSFORMER_PREFIX = "model.diffusion_model."
+LTX23_ONLY_KEY = "prompt_adaln_single"  # the sigma-driven prompt AdaLN is new in LTX-2.3
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class Header:
+    keys: tuple[str, ...]
+    metadata: dict
+
+
+def read_header(path: Path, what: str) -> Header:
+    """The tensor names and metadata of a .safetensors file; refuses missing, truncated or foreign files."""
+    if not path.is_file():
+        raise EngineError("missing_weights", f"{what} not found: {path} (set it in the add-on's preferences)")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise EngineError("corrupt_weights", f"{what} {path} is empty or cut short: download it again")
+        (length,) = struct.unpack("<Q", raw)
+        if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
+            raise EngineError("corrupt_weights", f"{what} {path} is not a safetensors file, or it is damaged")
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EngineError("corrupt_weights", f"{what} {path} has a damaged header: download it again") from None
+    metadata = header.pop("__metadata__", None) or {}
+    try:
+        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    except (TypeError, KeyError, IndexError):
+        raise EngineError("corrupt_weights", f"{what} {path} has a damaged header: download it again") from None
+    if 8 + length + end != size:
+        raise EngineError("corrupt_weights", f"{what} {path} is {size:,} bytes but its header needs "
+                                             f"{8 + length + end:,}: the download is incomplete, fetch it again")
+    return Header(tuple(header), metadata)
+
+
+def check_checkpoint(path: Path) -> Header:
+    header = read_header(path, "LTX checkpoint")
+    if not any(k.startswith(TRANSFORMER_PREFIX) for k in header.keys):
+        raise EngineError("corrupt_weights", f"{path} is not an LTX-2 checkpoint (no {TRANSFORMER_PREFIX}* "
+                                             "tensors): choose ltx-2.3-22b-dev.safetensors")
+    if not any(LTX23_ONLY_KEY in k for k in header.keys):
+        raise EngineError("ltx20_checkpoint", f"{path} is an LTX-2.0 checkpoint; the VR-360 IC-LoRA needs "
+                                              "LTX-2.3: choose ltx-2.3-22b-dev.safetensors")
+    for part in ("vae.", "audio_vae.", "vocoder."):
+        if not any(k.startswith(part) for k in header.keys):
+            raise EngineError("corrupt_weights", f"{path} has no {part.rstrip('.')} weights: it is not the "
+                                                 "complete single-file checkpoint Lightricks ships")
+    return header
+
+
+def check_lora(path: Path, what: str = "IC-LoRA") -> tuple[Header, int]:
+    """A LoRA in trainer/ComfyUI (``diffusion_model.``) or diffusers (``transformer.``) key format. Returns
+    its header and the reference downscale factor stored in its metadata (1 when absent)."""
+    header = read_header(path, what)
+    lora_keys = [k for k in header.keys if ".lora_A." in k or ".lora_B." in k
+                 or ".lora_down." in k or ".lora_up." in k]
+    if not lora_keys:
+        raise EngineError("wrong_lora", f"{path} holds no LoRA weights (no lora_A/lora_B tensors): choose the "
+                                        f"{what} .safetensors file")
+    if not all(k.startswith(("diffusion_model.", "transformer.", "text_embedding_projection.")) for k in lora_keys):
+        raise EngineError("wrong_lora", f"{path} is a LoRA for another model (keys like {lora_keys[0]!r}): "
+                                        f"choose the LTX-2.3 {what}")
+    factor = header.metadata.get("reference_downscale_factor", "1")
+    try:
+        factor = int(factor)
+        assert factor >= 1
+    except (ValueError, AssertionError):
+        raise EngineError("wrong_lora", f"{path}: reference_downscale_factor {factor!r} in its metadata is not "
+                                        "a positive integer") from None
+    return header, factor
+
+
+def check_text_encoder(folder: Path) -> dict:
+    """A Gemma 3 folder: config.json of a gemma3 model, a tokenizer and safetensors weights."""
+    if not folder.is_dir():
+        raise EngineError("missing_weights", f"text encoder folder not found: {folder} (the Gemma 3 12B folder)")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise EngineError("missing_weights", f"{folder} has no config.json: choose the Gemma 3 folder") from None
+    except json.JSONDecodeError:
+        raise EngineError("corrupt_weights", f"{folder}/config.json is damaged") from None
+    if config.get("model_type") != "gemma3":
+        raise EngineError("missing_weights", f"{folder} holds a {config.get('model_type')!r} model, not Gemma 3")
+    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
+        raise EngineError("missing_weights", f"{folder} has no tokenizer (tokenizer.json)")
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise EngineError("missing_weights", f"{folder} has no .safetensors weights")
+    for shard in shards:
+        read_header(shard, "text encoder shard")
+    return config
