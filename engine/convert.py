@@ -34,6 +34,16 @@ TRANSFORMER_HEAD_RENAMES = (
 # Keys under the transformer prefix that belong to the text connectors instead.
 CONNECTOR_MARKERS = ("video_embeddings_connector", "audio_embeddings_connector", "transformer_1d_blocks",
                      "text_embedding_projection")
+CONNECTOR_RENAMES = (
+    ("video_embeddings_connector", "video_connector"),
+    ("audio_embeddings_connector", "audio_connector"),
+    ("transformer_1d_blocks", "transformer_blocks"),
+    ("text_embedding_projection.video_aggregate_embed", "video_text_proj_in"),
+    ("text_embedding_projection.audio_aggregate_embed", "audio_text_proj_in"),
+    ("q_norm", "norm_q"),
+    ("k_norm", "norm_k"),
+)
+OPTIONAL_CONNECTOR_HEAD = "connectors."  # some exports nest the connectors one level deeper
 
 
 def _rename(key: str, substrings, heads) -> str:
@@ -60,6 +70,18 @@ def transformer_key_to_checkpoint(key: str) -> str:
     return _rename(key, _reverse(TRANSFORMER_RENAMES), _reverse(TRANSFORMER_HEAD_RENAMES))
 
 
+def connector_key_to_diffusers(key: str) -> str:
+    """A connector key (``model.diffusion_model.`` removed, or a top-level ``text_embedding_projection.*``)
+    → the diffusers ``LTX2TextConnectors``'."""
+    return _rename(key, CONNECTOR_RENAMES, ((OPTIONAL_CONNECTOR_HEAD, ""),))
+
+
+def connector_key_to_checkpoint(key: str) -> str:
+    """The full single-file key of a diffusers connector key."""
+    key = _rename(key, _reverse(CONNECTOR_RENAMES), ())
+    return key if key.startswith("text_embedding_projection.") else CHECKPOINT_TRANSFORMER_PREFIX + key
+
+
 def is_connector_key(key: str) -> bool:
     return any(marker in key for marker in CONNECTOR_MARKERS)
 
@@ -69,3 +91,15 @@ def transformer_state_dict(checkpoint: dict) -> dict:
     n = len(CHECKPOINT_TRANSFORMER_PREFIX)
     return {transformer_key_to_diffusers(k[n:]): v for k, v in checkpoint.items()
             if k.startswith(CHECKPOINT_TRANSFORMER_PREFIX) and not is_connector_key(k)}
+
+
+def connectors_state_dict(checkpoint: dict) -> dict:
+    """The diffusers text connectors' state dict from a single-file checkpoint's tensors."""
+    n = len(CHECKPOINT_TRANSFORMER_PREFIX)
+    out = {}
+    for key, value in checkpoint.items():
+        if key.startswith(CHECKPOINT_TRANSFORMER_PREFIX) and is_connector_key(key):
+            out[connector_key_to_diffusers(key[n:])] = value
+        elif key.startswith("text_embedding_projection."):
+            out[connector_key_to_diffusers(key)] = value
+    return out

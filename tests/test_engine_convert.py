@@ -4,8 +4,8 @@ in the original Lightricks layout converts back and loads strictly, every weight
 import pytest
 import torch
 
-from engine.convert import (CHECKPOINT_TRANSFORMER_PREFIX, transformer_key_to_checkpoint,
-                            transformer_key_to_diffusers, transformer_state_dict)
+from engine.convert import (CHECKPOINT_TRANSFORMER_PREFIX, connector_key_to_checkpoint, connectors_state_dict,
+                            transformer_key_to_checkpoint, transformer_key_to_diffusers, transformer_state_dict)
 
 TINY_23 = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
                attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
@@ -13,6 +13,15 @@ TINY_23 = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_
                num_layers=2, caption_channels=16, rope_type="split", rope_double_precision=False,
                gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
                use_prompt_embeddings=False, perturbed_attn=True)
+
+
+TINY_CONNECTORS = dict(caption_channels=16, text_proj_in_factor=3, video_connector_num_attention_heads=2,
+                       video_connector_attention_head_dim=8, video_connector_num_layers=1,
+                       video_connector_num_learnable_registers=8, video_gated_attn=True,
+                       audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=4,
+                       audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
+                       audio_gated_attn=True, rope_type="split", per_modality_projections=True,
+                       video_hidden_dim=16, audio_hidden_dim=8, proj_bias=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +57,23 @@ def test_single_file_layout_converts_back_and_loads_strictly(tiny_transformer):
 def test_conversion_round_trips_key_by_key(tiny_transformer):
     for key in tiny_transformer.state_dict():
         assert transformer_key_to_diffusers(transformer_key_to_checkpoint(key)) == key
+
+
+def test_connectors_split_from_the_checkpoint_and_load_strictly(tiny_transformer):
+    from accelerate import init_empty_weights
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    torch.manual_seed(1)
+    connectors = LTX2TextConnectors(**TINY_CONNECTORS)
+    checkpoint = {connector_key_to_checkpoint(k): v.clone() for k, v in connectors.state_dict().items()}
+    assert "text_embedding_projection.video_aggregate_embed.weight" in checkpoint
+    assert (CHECKPOINT_TRANSFORMER_PREFIX + "video_embeddings_connector.transformer_1d_blocks.0.attn1.q_norm.weight"
+            in checkpoint)
+    checkpoint.update({CHECKPOINT_TRANSFORMER_PREFIX + transformer_key_to_checkpoint(k): v
+                       for k, v in tiny_transformer.state_dict().items()})
+    with init_empty_weights():
+        rebuilt = LTX2TextConnectors(**TINY_CONNECTORS)
+    rebuilt.load_state_dict(connectors_state_dict(checkpoint), strict=True, assign=True)
+    for key, value in connectors.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    # ...and the transformer's share of the same file holds no connector tensor.
+    assert set(transformer_state_dict(checkpoint)) == set(tiny_transformer.state_dict())
