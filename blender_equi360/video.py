@@ -15,6 +15,7 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import Interpolation
 
 from .errors import Equi360Error
 
@@ -279,10 +280,11 @@ def _graph(stream, filters):
 
 
 class _Writer:
-    """One video stream into a Matroska file (on a temporary path: see ``atomic_outputs``)."""
+    """One video stream into a file (Matroska unless told otherwise)."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction, codec: str, pix_fmt: str, options: dict):
-        self.container = av.open(str(path), "w", format="matroska")
+    def __init__(self, path: Path, width: int, height: int, fps: Fraction, codec: str, pix_fmt: str, options: dict,
+                 container_format: str = "matroska"):
+        self.container = av.open(str(path), "w", format=container_format)
         self.stream = self.container.add_stream(codec, rate=fps)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt
         self.stream.options = dict(options)
@@ -320,32 +322,27 @@ class LosslessVideoWriter(_Writer):
         self.encode(_bgr0_frame(canvas_bgra))
 
 
-class PlaybackVideoWriter:
-    """RGB frames to H.264 (yuv420p, BT.709, tagged) in MP4: what players and Blender read everywhere."""
+class PlaybackVideoWriter(_Writer):
+    """RGB frames to H.264 (yuv420p, limited range, converted and tagged as BT.709) in MP4: what a camera
+    or an editor delivers, and what players and Blender read everywhere."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: Fraction, crf: int = 16, title: str | None = None):
-        self.container = av.open(str(path), "w", format="mp4")
+    # Without accurate rounding and full chroma interpolation swscale is off by a level or two.
+    _RGB_TO_YUV = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+
+    def __init__(self, path: Path, width: int, height: int, fps, crf: int = 16, title: str | None = None):
+        super().__init__(path, width, height, fps, "libx264", "yuv420p", {"crf": str(crf), "preset": "medium"},
+                         container_format="mp4")
         if title:
-            self.container.metadata["title"] = title
-            self.container.metadata["comment"] = title
-        self.stream = self.container.add_stream("libx264", rate=fps)
-        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
-        self.stream.options = {"crf": str(crf), "preset": "medium", "colorprim": "bt709", "transfer": "bt709",
-                               "colormatrix": "bt709"}
-        self.stream.codec_context.colorspace = 1  # BT.709, so readers don't guess
-        self.stream.codec_context.color_range = 1  # limited ("tv") range
+            self.container.metadata["title"] = self.container.metadata["comment"] = title
+        context = self.stream.codec_context
+        context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709, so readers don't guess
+        context.color_range = 1  # limited ("tv")
 
     def write(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG",
-                               interpolation="BICUBIC")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode(None):
-            self.container.mux(packet)
-        self.container.close()
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format="yuv420p", src_colorspace="ITU709", dst_colorspace="ITU709", src_color_range="JPEG",
+            dst_color_range="MPEG", interpolation=self._RGB_TO_YUV)
+        self.encode(frame)
 
 
 def write_held_image(path: Path, image_gray: np.ndarray, frames: int, fps: Fraction) -> None:

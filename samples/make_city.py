@@ -30,12 +30,12 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from blender_equi360.camera import Camera, canvas_to_blender  # noqa: E402
 from blender_equi360.errors import Equi360Error  # noqa: E402
+from blender_equi360.video import LosslessVideoWriter, PlaybackVideoWriter  # noqa: E402
 
 SCENE_VERSION = 2  # bump when the scene changes, so cached outputs are rendered again
 FLAT_NAME, PANO_NAME, META_NAME = "city_flat.mp4", "city_pano.mkv", "city.json"
@@ -527,7 +528,7 @@ def render_flat(scene, camera, params: CityParams, path: Path, tmp: Path, log=pr
         car.hide_render = False
     log(f"city: flat background {width}x{height} ({time.perf_counter() - started:.1f} s)")
 
-    with _H264Writer(path, width, height, params.fps) as writer:
+    with closing(PlaybackVideoWriter(path, width, height, params.fps)) as writer:
         for frame in range(1, params.frames + 1):
             scene.frame_set(frame)
             picture = background.copy()
@@ -543,10 +544,11 @@ def render_pano(scene, camera, params: CityParams, path: Path, tmp: Path, log=pr
     """The ground truth: whole equirect frames, packed losslessly (FFV1) into Matroska."""
     started = time.perf_counter()
     _set_camera(scene, camera, params.pano_size)
-    with _FFV1Writer(path, *params.pano_size, params.fps) as writer:
+    with closing(LosslessVideoWriter(path, *params.pano_size, params.fps, codec="ffv1")) as writer:
         for frame in range(1, params.pano_frames + 1):
             scene.frame_set(frame)
-            writer.write(_render(scene, tmp / "pano.png"))
+            rgb = _render(scene, tmp / "pano.png")
+            writer.write(np.dstack([rgb[..., ::-1], np.zeros_like(rgb[..., :1])]))  # RGB → BGRA
             log(f"city: pano frame {frame}/{params.pano_frames} ({time.perf_counter() - started:.1f} s)")
     return time.perf_counter() - started
 
@@ -615,55 +617,6 @@ def _car_regions(scene, camera, cars, size):
         if x0 < x1 and y0 < y1:
             regions.append((x0, y0, x1, y1))
     return regions
-
-
-class _VideoWriter:
-    """Encodes RGB frames into one video stream; the file is complete once the ``with`` block ends."""
-
-    def __init__(self, path: Path, width: int, height: int, fps: int, codec: str, pix_fmt: str, options: dict):
-        self._container = av.open(str(path), "w")
-        self._stream = self._container.add_stream(codec, rate=fps)
-        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
-        self._stream.options = options
-
-    def _convert(self, frame):
-        return frame
-
-    def write(self, rgb: np.ndarray) -> None:
-        frame = self._convert(av.VideoFrame.from_ndarray(rgb, format="rgb24"))
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        self._container.close()
-
-
-class _H264Writer(_VideoWriter):
-    """What a camera or an editor delivers: 4:2:0 in limited range, converted and tagged as BT.709 (so
-    players and the reference builder decode the colours as they were rendered)."""
-
-    def __init__(self, path, width, height, fps):
-        super().__init__(path, width, height, fps, "libx264", "yuv420p", {"crf": "16", "preset": "medium"})
-        context = self._stream.codec_context
-        context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709
-        context.color_range = 1  # limited ("tv")
-
-    def _convert(self, frame):
-        # Without accurate rounding and full chroma interpolation swscale is off by a level or two.
-        exact = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-        return frame.reformat(format="yuv420p", src_colorspace="ITU709", dst_colorspace="ITU709",
-                              src_color_range="JPEG", dst_color_range="MPEG", interpolation=exact)
-
-
-class _FFV1Writer(_VideoWriter):
-    def __init__(self, path, width, height, fps):
-        super().__init__(path, width, height, fps, "ffv1", "bgr0", {})  # RGB → BGR0 is exact
 
 
 # --- command line ----------------------------------------------------------------------------------
