@@ -56,7 +56,7 @@ def _blur_columns(values: np.ndarray, weights: np.ndarray, radius: int) -> np.nd
         padded = np.concatenate([a[-radius:], a, a[:radius]])
         return np.stack([np.convolve(padded[:, c], kernel, mode="valid") for c in range(a.shape[1])], axis=1)
     total = wrap_conv(values * weights[:, None])
-    norm = wrap_conv(np.repeat(weights[:, None], 1, axis=1))
+    norm = wrap_conv(weights[:, None])
     return total / np.maximum(norm, 1e-6)
 
 
@@ -106,7 +106,8 @@ def fill_frame(reference_rgb: np.ndarray, mask_gray: np.ndarray, scale: int = 4)
     inside = weight >= 0.5 * scale * scale
     average = colour / np.maximum(weight, 1e-6)[..., None]
     fill = extend_to_sphere(average, inside)
-    fill = push_pull_fill(fill, inside * 0.0 + 0.05).astype(np.float32)  # a gentle blur, wrapping
+    # Push-pull with a small uniform weight trusts each level little: a gentle blur that wraps.
+    fill = push_pull_fill(fill, np.full(inside.shape, 0.05, np.float32)).astype(np.float32)
     while fill.shape[0] < reference_rgb.shape[0]:
         fill = _up(fill, (fill.shape[0] * 2, fill.shape[1] * 2))
     out = known[..., None] * reference_rgb + (1.0 - known[..., None]) * fill

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,7 @@ from blender_equi360.metrics import mean_abs_error
 from blender_equi360.projection import CanvasSize
 from blender_equi360.reference import ReferenceSettings, build_reference
 from blender_equi360.video import read_frames
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 CAMERA = Camera(hfov_deg=100.0, yaw_deg=30.0, pitch_deg=8.0, roll_deg=5.0)
 CANVAS = CanvasSize(1024, 512)
 FRAMES = 3
