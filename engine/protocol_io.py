@@ -69,9 +69,6 @@ class Channel:
                     return
         threading.Thread(target=read_stdin, daemon=True, name="stdin-cancel").start()
 
-    def cancel(self) -> None:
-        self._cancel.set()
-
     def check_cancel(self) -> None:
         if self._cancel.is_set():
             raise Cancelled()
