@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""``python -m engine run JOB_DIR`` | ``python -m engine check [JOB_DIR]``"""
+"""``python -m engine run JOB_DIR`` | ``check [JOB_DIR]`` | ``make-tiny-models DIR``"""
 
 import argparse
+import json
 import sys
 
 from .check import check
@@ -16,9 +17,15 @@ def main(argv=None) -> int:
     run_cmd.add_argument("job_dir")
     check_cmd = sub.add_parser("check", help="print what is present and missing, as JSON")
     check_cmd.add_argument("job_dir", nargs="?", help="also check the model files this job names")
+    tiny_cmd = sub.add_parser("make-tiny-models", help="write a tiny random-weight LTX-2.3 model set (tests, demo)")
+    tiny_cmd.add_argument("dir")
     args = parser.parse_args(argv)
     if args.command == "check":
         print(check(args.job_dir))
+        return 0
+    if args.command == "make-tiny-models":
+        from .tiny import make_tiny_models
+        print(json.dumps(make_tiny_models(args.dir), indent=2))
         return 0
     channel = Channel(log_path(args.job_dir))
     channel.listen_for_cancel()

@@ -21,6 +21,10 @@ MAX_HEADER_BYTES = 100 * 2**20
 class Header:
     keys: tuple[str, ...]
     metadata: dict
+    nbytes: dict  # tensor name → bytes on disk
+
+    def bytes_under(self, *prefixes: str) -> int:
+        return sum(n for k, n in self.nbytes.items() if k.startswith(prefixes))
 
 
 def read_header(path: Path, what: str) -> Header:
@@ -41,13 +45,14 @@ def read_header(path: Path, what: str) -> Header:
             raise EngineError("corrupt_weights", f"{what} {path} has a damaged header: download it again") from None
     metadata = header.pop("__metadata__", None) or {}
     try:
+        nbytes = {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()}
         end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     except (TypeError, KeyError, IndexError):
         raise EngineError("corrupt_weights", f"{what} {path} has a damaged header: download it again") from None
     if 8 + length + end != size:
         raise EngineError("corrupt_weights", f"{what} {path} is {size:,} bytes but its header needs "
                                              f"{8 + length + end:,}: the download is incomplete, fetch it again")
-    return Header(tuple(header), metadata)
+    return Header(tuple(header), metadata, nbytes)
 
 
 def check_checkpoint(path: Path) -> Header:

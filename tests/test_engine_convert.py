@@ -4,7 +4,7 @@ in the original Lightricks layout converts back and loads strictly, every weight
 import pytest
 import torch
 
-from engine.convert import (CHECKPOINT_TRANSFORMER_PREFIX, connector_key_to_checkpoint, connectors_state_dict,
+from engine.convert import (TRANSFORMER_PREFIX, connector_key_to_checkpoint, connectors_state_dict,
                             transformer_key_to_checkpoint, transformer_key_to_diffusers, transformer_state_dict)
 
 TINY_23 = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
@@ -44,7 +44,7 @@ def test_original_names_are_the_lightricks_ones(tiny_transformer):
 def test_single_file_layout_converts_back_and_loads_strictly(tiny_transformer):
     from accelerate import init_empty_weights
     from diffusers import LTX2VideoTransformer3DModel
-    original = {CHECKPOINT_TRANSFORMER_PREFIX + transformer_key_to_checkpoint(k): v.clone()
+    original = {TRANSFORMER_PREFIX + transformer_key_to_checkpoint(k): v.clone()
                 for k, v in tiny_transformer.state_dict().items()}
     original["vae.decoder.conv_in.weight"] = torch.zeros(1)  # other components are skipped
     with init_empty_weights():
@@ -66,9 +66,9 @@ def test_connectors_split_from_the_checkpoint_and_load_strictly(tiny_transformer
     connectors = LTX2TextConnectors(**TINY_CONNECTORS)
     checkpoint = {connector_key_to_checkpoint(k): v.clone() for k, v in connectors.state_dict().items()}
     assert "text_embedding_projection.video_aggregate_embed.weight" in checkpoint
-    assert (CHECKPOINT_TRANSFORMER_PREFIX + "video_embeddings_connector.transformer_1d_blocks.0.attn1.q_norm.weight"
+    assert (TRANSFORMER_PREFIX + "video_embeddings_connector.transformer_1d_blocks.0.attn1.q_norm.weight"
             in checkpoint)
-    checkpoint.update({CHECKPOINT_TRANSFORMER_PREFIX + transformer_key_to_checkpoint(k): v
+    checkpoint.update({TRANSFORMER_PREFIX + transformer_key_to_checkpoint(k): v
                        for k, v in tiny_transformer.state_dict().items()})
     with init_empty_weights():
         rebuilt = LTX2TextConnectors(**TINY_CONNECTORS)

@@ -1,0 +1,309 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The LTX backend: LTX-2.3 + the VR-360 IC-LoRA through diffusers' ``LTX2InContextPipeline``.
+
+One job runs in phases, so that only one big model is on the GPU at a time:
+
+1. text: Gemma 3 encodes the prompt (and the negative prompt), then leaves;
+2. denoise: transformer + connectors + VAE encode the reference and denoise the target, with the
+   LoRAs fused into the weights (as Lightricks' own pipelines do);
+3. decode: the transformer leaves, the VAE decodes in tiles, frames stream to the encoder.
+
+Recipes (``job.preset``): ``quality`` is the dev model with Lightricks' official LTX-2.3 guidance and
+their fixed-shift sigma schedule; ``fast`` adds the distilled LoRA at 0.5 and runs the 8 distilled
+sigmas with every guidance term off, video and audio alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from blender_equi360.job import Job, job_path, output_path
+from blender_equi360.video import PlaybackVideoWriter, atomic_outputs, probe, read_frames
+
+from .models import component_configs, load_components, load_lora, load_text_encoder
+from .protocol_io import Channel, EngineError
+from .weights import check_checkpoint, check_lora, check_text_encoder
+
+DEVICE_ENV = "EQUI360_ENGINE_DEVICE"  # "cpu" runs the real pipeline without a GPU (tests, debugging)
+QUALITY_STEPS = 30
+DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)  # then 0
+DISTILLED_LORA_STRENGTH = 0.5
+STG_BLOCK = 28  # Lightricks' STG block of the 48-layer 2.3 transformer (the last one in a shallower test model)
+MAX_SEQUENCE_LENGTH = 1024
+LOW_VRAM_BLOCKS_PER_GROUP = 4
+# The text encoder's negative prompt for the quality recipe when the job gives none.
+NEGATIVE_PROMPT = ("blurry, out of focus, low quality, worst quality, jpeg artifacts, distorted, warped, "
+                   "visible seam, stitching line, smeared poles, watermark, text, logo")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    sigmas: tuple[float, ...]
+    guidance: dict
+    distilled: bool
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance["guidance_scale"] > 1 or self.guidance["audio_guidance_scale"] > 1
+
+
+def fixed_shift_sigmas(steps: int, shift: float = 2.05, terminal: float = 0.1) -> tuple[float, ...]:
+    """Lightricks' LTX-2 schedule at its default token count: a logistic shift by ``exp(shift)`` of a
+    linear ramp, stretched so that the last nonzero sigma is ``terminal``. The pipeline appends the 0."""
+    t = np.linspace(1.0, 0.0, steps + 1)[:-1]
+    sigmas = math.exp(shift) / (math.exp(shift) + (1.0 / t - 1.0))
+    one_minus = 1.0 - sigmas
+    sigmas = 1.0 - one_minus / (one_minus[-1] / (1.0 - terminal))
+    return tuple(float(s) for s in sigmas)
+
+
+def recipe(job: Job, num_layers: int, channel: Channel | None = None) -> Recipe:
+    if job.preset == "fast":
+        if job.steps is not None and channel:
+            channel.warning("steps_ignored", f"the fast preset has a fixed {len(DISTILLED_SIGMAS)}-step "
+                                             f"distilled schedule; steps={job.steps} is ignored")
+        off = dict(guidance_scale=1.0, audio_guidance_scale=1.0, stg_scale=0.0, audio_stg_scale=0.0,
+                   modality_scale=1.0, audio_modality_scale=1.0, guidance_rescale=0.0,
+                   audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None)
+        return Recipe(DISTILLED_SIGMAS, off, distilled=True)
+    official = dict(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0, guidance_rescale=0.7,
+                    audio_guidance_scale=7.0, audio_stg_scale=1.0, audio_modality_scale=3.0,
+                    audio_guidance_rescale=0.7, spatio_temporal_guidance_blocks=[min(STG_BLOCK, num_layers - 1)])
+    return Recipe(fixed_shift_sigmas(job.steps or QUALITY_STEPS), official, distilled=False)
+
+
+def device_and_dtype():
+    import torch
+    if os.environ.get(DEVICE_ENV) == "cpu":
+        return "cpu", torch.float32
+    if not torch.cuda.is_available():
+        raise EngineError("no_cuda", "the LTX backend needs an NVIDIA GPU with CUDA, and none is visible to "
+                                     "this Python: check the engine's torch build, or use the draft backend")
+    return "cuda", torch.bfloat16
+
+
+class _Phases:
+    """Progress of one phase at a time, on the protocol."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.stage, self.total, self.started = "", 0, time.monotonic()
+
+    def begin(self, stage: str, total: int) -> None:
+        self.channel.check_cancel()
+        self.stage, self.total, self.started = stage, total, time.monotonic()
+        self.channel.progress(stage, 0, total, self.started)
+
+    def step(self, k: int) -> None:
+        self.channel.progress(self.stage, k, self.total, self.started)
+        self.channel.check_cancel()
+
+
+def _gb(nbytes: float) -> float:
+    return round(nbytes / 2**30, 1)
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        import torch
+        torch.cuda.empty_cache()
+
+
+def check_models(job: Job, job_dir: Path):
+    """All the files the recipe needs, checked from their headers before anything is loaded."""
+    models = job.models
+    for field, what in (("checkpoint", "LTX-2.3 checkpoint"), ("text_encoder", "text encoder (Gemma 3) folder"),
+                        ("ic_lora", "VR-360 IC-LoRA")):
+        if not getattr(models, field):
+            raise EngineError("missing_weights", f"the {what} is not set: choose it in the add-on's preferences")
+    if job.preset == "fast" and not models.distilled_lora:
+        raise EngineError("missing_weights", "the fast preset needs the distilled LoRA "
+                                             "(ltx-2.3-22b-distilled-lora-384-1.1.safetensors): choose it in the "
+                                             "add-on's preferences, or use the quality preset")
+    checkpoint = job_path(job_dir, models.checkpoint)
+    header = check_checkpoint(checkpoint)
+    text_encoder = job_path(job_dir, models.text_encoder)
+    check_text_encoder(text_encoder)
+    ic_lora = job_path(job_dir, models.ic_lora)
+    _, downscale = check_lora(ic_lora)
+    distilled = job_path(job_dir, models.distilled_lora) if job.preset == "fast" else None
+    if distilled:
+        check_lora(distilled, "distilled LoRA")
+    return checkpoint, header, text_encoder, ic_lora, downscale, distilled
+
+
+def read_reference(path: Path) -> tuple[np.ndarray, Fraction]:
+    info = probe(path)
+    if info.width % 32 or info.height % 32:
+        raise EngineError("bad_input", f"{path}: {info.width}×{info.height} is not a multiple of 32 on both sides; "
+                                       "rebuild the reference at a supported size (e.g. 1920×960)")
+    if info.frame_count % 8 != 1:
+        raise EngineError("bad_input", f"{path}: {info.frame_count} frames; LTX-2.3 needs 8k+1 (e.g. 121): "
+                                       "rebuild the reference")
+    return np.stack(list(read_frames(path))), Fraction(info.fps)
+
+
+def memory_plan(header, text_encoder: Path, low_vram: bool) -> dict:
+    """Weights resident on the GPU in each phase (activations come on top; measured peaks are reported)."""
+    gemma = sum(p.stat().st_size for p in text_encoder.glob("*.safetensors"))
+    transformer = header.bytes_under("model.diffusion_model.") - header.bytes_under(
+        "model.diffusion_model.video_embeddings_connector", "model.diffusion_model.audio_embeddings_connector")
+    rest = header.bytes_under("model.diffusion_model.", "text_embedding_projection.", "vae.", "audio_vae.")
+    rest -= transformer
+    if low_vram:  # fp8 storage, and only a few blocks on the GPU at a time
+        transformer = transformer // 2 * min(1.0, 4 * LOW_VRAM_BLOCKS_PER_GROUP / 48)
+    return {"text_gb": _gb(gemma), "denoise_gb": _gb(transformer + rest), "decode_gb": _gb(rest)}
+
+
+def _check_fits(plan: dict, device: str, low_vram: bool) -> None:
+    if device != "cuda":
+        return
+    import torch
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    need = max(plan.values())
+    if need > total * 0.95:
+        hint = "use fewer frames or a bigger GPU" if low_vram else "turn on low VRAM in the add-on's preferences"
+        raise EngineError("cuda_oom", f"the models need about {need:.0f} GB of GPU memory before activations "
+                                      f"and this GPU has {total:.0f} GB: {hint}")
+
+
+def run_ltx(job_dir: Path, job: Job, channel: Channel) -> dict:
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2InContextPipeline
+    from diffusers.pipelines.ltx2 import LTX2ReferenceCondition
+
+    device, dtype = device_and_dtype()
+    checkpoint, header, text_encoder_dir, ic_lora, downscale, distilled = check_models(job, job_dir)
+    frames, fps = read_reference(job_path(job_dir, job.reference))
+    num_frames, height, width = frames.shape[:3]
+    configs = component_configs(header)
+    plan = memory_plan(header, text_encoder_dir, job.low_vram)
+    channel.log(f"LTX-2.3 on {device} ({dtype}), {width}×{height}×{num_frames}, preset {job.preset}"
+                f"{', low VRAM' if job.low_vram else ''}; GPU weights per phase: text {plan['text_gb']} GB, "
+                f"denoise {plan['denoise_gb']} GB, decode {plan['decode_gb']} GB")
+    _check_fits(plan, device, job.low_vram)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rec = recipe(job, configs["transformer"]["num_layers"], channel)
+    phases = _Phases(channel)
+    try:
+        # 1. text
+        phases.begin("encode_prompt", 1)
+        tokenizer, text_encoder = load_text_encoder(text_encoder_dir, device, dtype)
+        text = LTX2InContextPipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
+                                     tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
+        negative = job.negative_prompt if job.negative_prompt is not None else NEGATIVE_PROMPT
+        embeds = text.encode_prompt(job.full_prompt, negative, do_classifier_free_guidance=rec.uses_cfg,
+                                    max_sequence_length=MAX_SEQUENCE_LENGTH, device=device, dtype=dtype)
+        del text, text_encoder
+        _free(device)
+        phases.step(1)
+
+        # 2. denoise
+        names = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
+        phases.begin("load", len(names))
+        loaded = []
+        parts = load_components(checkpoint, header, "cpu" if job.low_vram else device, dtype, names,
+                                on_loaded=lambda name: (loaded.append(name), phases.step(len(loaded))))
+        pipe = LTX2InContextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False,
+                                                                               shift_terminal=None),
+                                     text_encoder=None, tokenizer=tokenizer, **parts)
+        del parts
+        _apply_loras(pipe, ic_lora, distilled, job.lora_strength)
+        if job.low_vram:
+            _low_vram(pipe, device, dtype)
+        pipe.vae.enable_tiling()
+        pipe.set_progress_bar_config(disable=True)
+
+        phases.begin("denoise", len(rec.sigmas))
+
+        def on_step(_pipe, i, _t, kwargs):
+            phases.step(i + 1)
+            return {}
+
+        prompt_embeds, prompt_mask, negative_embeds, negative_mask = embeds
+        latents, _audio = pipe(
+            prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_mask,
+            negative_prompt_embeds=negative_embeds if rec.uses_cfg else None,
+            negative_prompt_attention_mask=negative_mask if rec.uses_cfg else None,
+            reference_conditions=[LTX2ReferenceCondition(frames=frames, strength=1.0)],
+            reference_downscale_factor=downscale, height=height, width=width, num_frames=num_frames,
+            frame_rate=float(fps), sigmas=list(rec.sigmas), num_inference_steps=len(rec.sigmas),
+            generator=torch.Generator("cpu").manual_seed(job.seed), output_type="latent", return_dict=False,
+            callback_on_step_end=on_step, max_sequence_length=MAX_SEQUENCE_LENGTH, **rec.guidance)
+        del frames, embeds, prompt_embeds, negative_embeds
+
+        # 3. decode
+        pipe.transformer = pipe.connectors = None
+        _free(device)
+        phases.begin("decode", 1)
+        video = decode(pipe.vae, latents, device)
+        phases.step(1)
+        out = output_path(job_dir, job)
+        write_video(out, video, fps, phases)
+    except torch.OutOfMemoryError:
+        _free(device)
+        raise EngineError("cuda_oom", f"CUDA ran out of memory while {phases.stage.replace('_', ' ')}: turn on "
+                                      "low VRAM in the add-on's preferences, or convert fewer frames") from None
+    peak = _gb(torch.cuda.max_memory_allocated()) if device == "cuda" else None
+    channel.log(f"peak GPU memory: {peak} GB" if peak is not None else "ran on the CPU")
+    return {"outputs": {"video": str(out)}, "peak_vram_gb": peak, "memory_plan_gb": plan}
+
+
+def _apply_loras(pipe, ic_lora: Path, distilled: Path | None, strength: float) -> None:
+    """Load the IC-LoRA (and the distilled LoRA) and fuse them into the weights at their strengths."""
+    load_lora(pipe, ic_lora, "ic", "VR-360 IC-LoRA")
+    adapters, weights = ["ic"], [strength]
+    if distilled:
+        load_lora(pipe, distilled, "distilled", "distilled LoRA")
+        adapters.append("distilled")
+        weights.append(DISTILLED_LORA_STRENGTH)
+    pipe.set_adapters(adapters, weights)
+    pipe.fuse_lora(components=["transformer", "connectors"], lora_scale=1.0, adapter_names=adapters)
+    pipe.unload_lora_weights()  # the fused weights stay; the adapters' extra layers go
+
+
+def _low_vram(pipe, device: str, dtype) -> None:
+    """fp8 weight storage, cast per layer to the compute dtype, and blocks streamed to the GPU in groups."""
+    import torch
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+    if device == "cuda":
+        pipe.transformer.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
+                                              offload_type="block_level",
+                                              num_blocks_per_group=LOW_VRAM_BLOCKS_PER_GROUP, use_stream=True)
+        for name in ("connectors", "vae", "audio_vae"):
+            getattr(pipe, name).to(device)
+
+
+def decode(vae, latents, device: str):
+    """Latents (already denormalised) → uint8 video [F, H, W, 3] on the CPU, as the pipeline would decode
+    them with its default decode timestep of 0."""
+    import torch
+    latents = latents.to(device=device, dtype=vae.dtype)
+    temb = torch.zeros(latents.shape[0], device=device, dtype=latents.dtype) if vae.config.timestep_conditioning \
+        else None
+    with torch.no_grad():
+        video = vae.decode(latents, temb, return_dict=False)[0]
+    video = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return video.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def write_video(out: Path, video: np.ndarray, fps: Fraction, phases: _Phases) -> None:
+    phases.begin("write", len(video))
+    with atomic_outputs(out) as (tmp,):
+        writer = PlaybackVideoWriter(tmp, video.shape[2], video.shape[1], fps)
+        try:
+            for k, frame in enumerate(video, 1):
+                writer.write(frame)
+                phases.step(k)
+        finally:
+            writer.close()

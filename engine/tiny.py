@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``python -m engine make-tiny-models DIR``: a scaled-down LTX-2.3 model set with random weights, in the
+real file layouts, so the real loading and generation code runs anywhere in seconds.
+
+- ``ltx-2.3-tiny.safetensors``: one file with Lightricks' key names (``model.diffusion_model.*``,
+  ``text_embedding_projection.*``, ``vae.*``, ``audio_vae.*``, ``vocoder.*``), written by reversing our
+  own conversion from tiny diffusers models. Its metadata carries the tiny configs (see
+  :data:`engine.models.CONFIG_METADATA_KEY`).
+- ``gemma-3-tiny/``: a Gemma 3 folder (config, safetensors, an offline word-level tokenizer).
+- ``ic-lora-tiny.safetensors``: an IC-LoRA in the trainer's format (``diffusion_model.*.lora_A/B``,
+  ``reference_downscale_factor`` in the metadata); ``distilled-lora-tiny.safetensors``: the same format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHECKPOINT = "ltx-2.3-tiny.safetensors"
+TEXT_ENCODER = "gemma-3-tiny"
+IC_LORA = "ic-lora-tiny.safetensors"
+DISTILLED_LORA = "distilled-lora-tiny.safetensors"
+
+TRANSFORMER = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+                   attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
+                   audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
+                   num_layers=2, caption_channels=16, rope_type="split", rope_double_precision=False,
+                   gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
+                   use_prompt_embeddings=False, perturbed_attn=True)
+CONNECTORS = dict(caption_channels=16, text_proj_in_factor=3, video_connector_num_attention_heads=2,
+                  video_connector_attention_head_dim=8, video_connector_num_layers=1,
+                  video_connector_num_learnable_registers=8, video_gated_attn=True,
+                  audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=4,
+                  audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
+                  audio_gated_attn=True, rope_type="split", per_modality_projections=True,
+                  video_hidden_dim=16, audio_hidden_dim=8, proj_bias=True)
+# The LTX-2.3 video VAE's shape (4 down and 4 up stages, the decoder's temporal-then-spatial tail, zero
+# padding, no residual upsampling) at 1/32 of its widths: real ×32 spatial and ×8 temporal compression.
+VIDEO_VAE = dict(latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
+                 decoder_block_out_channels=(8, 16, 16, 32), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                 spatio_temporal_scaling=(True, True, True, True),
+                 decoder_spatio_temporal_scaling=(True, True, True, True),
+                 decoder_inject_noise=(False, False, False, False, False),
+                 upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
+                 upsample_residual=(False, False, False, False), upsample_factor=(2, 2, 1, 2),
+                 timestep_conditioning=False, decoder_spatial_padding_mode="zeros", decoder_causal=False,
+                 spatial_compression_ratio=32, temporal_compression_ratio=8)
+AUDIO_VAE = dict(base_channels=4, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, in_channels=2,
+                 latent_channels=2, mel_bins=8, double_z=True)
+VOCODER = dict(final_act_fn="clamp", in_channels=16, hidden_channels=16, out_channels=2, upsample_kernel_sizes=[4, 4],
+               upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3]],
+               bwe_in_channels=32, bwe_hidden_channels=16, bwe_upsample_kernel_sizes=[4, 4, 4],
+               bwe_upsample_factors=[2, 2, 2], bwe_resnet_kernel_sizes=[3], bwe_resnet_dilations=[[1, 3]],
+               filter_length=16, hop_length=4, window_length=16, num_mel_channels=16,
+               input_sampling_rate=16000, output_sampling_rate=32000)
+GEMMA_TEXT = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=8, sliding_window=16, pad_token_id=0, eos_token_id=1,
+                  bos_token_id=2)
+GEMMA_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    image_size=28, patch_size=14)
+WORDS = ("equirectangular", "city", "street", "sky", "night", "day", "forest", "beach", "mountain", "room",
+         "blurry", "low", "quality", "worst", "distorted", "a", "the")
+LORA_RANK = 4
+LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
+                "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+
+
+def build_components(seed: int = 0) -> dict:
+    """The tiny diffusers components with seeded random weights."""
+    import torch
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2VocoderWithBWE
+
+    torch.manual_seed(seed)
+    components = {"transformer": LTX2VideoTransformer3DModel(**TRANSFORMER),
+                  "connectors": LTX2TextConnectors(**CONNECTORS),
+                  "vae": AutoencoderKLLTX2Video(**VIDEO_VAE),
+                  "audio_vae": AutoencoderKLLTX2Audio(**AUDIO_VAE),
+                  "vocoder": LTX2VocoderWithBWE(**VOCODER)}
+    # Random statistics, so that normalisation is exercised and not the identity.
+    for name in ("vae", "audio_vae"):
+        stats = components[name]
+        stats.latents_mean.copy_(torch.randn_like(stats.latents_mean) * 0.1)
+        stats.latents_std.copy_(1 + torch.rand_like(stats.latents_std))
+    return components
+
+
+def write_checkpoint(path: Path, components: dict) -> None:
+    """All five components in one file with Lightricks' key names, and their configs in the metadata."""
+    from safetensors.torch import save_file
+
+    from .convert import to_checkpoint
+    from .models import CONFIG_METADATA_KEY
+
+    tensors = {}
+    for name, module in components.items():
+        tensors.update(to_checkpoint(name, {k: v.detach().contiguous() for k, v in module.state_dict().items()}))
+    configs = {"transformer": TRANSFORMER, "connectors": CONNECTORS, "vae": VIDEO_VAE, "audio_vae": AUDIO_VAE,
+               "vocoder": VOCODER}
+    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(configs)})
+
+
+def write_text_encoder(folder: Path, seed: int = 0) -> None:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    config = Gemma3Config(text_config=GEMMA_TEXT, vision_config=GEMMA_VISION, mm_tokens_per_image=4,
+                          image_token_index=31, boi_token_index=29, eoi_token_index=30)
+    Gemma3ForConditionalGeneration(config).save_pretrained(folder)
+    vocab = {t: i for i, t in enumerate(("<pad>", "<eos>", "<bos>", "<unk>", *WORDS))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                            unk_token="<unk>", padding_side="left").save_pretrained(folder)
+
+
+def write_lora(path: Path, seed: int, reference_downscale_factor: int | None = 1) -> None:
+    """A rank-4 LoRA on every block's attention and feed-forward, in the LTX trainer's key format."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    dims = {"attn1": TRANSFORMER["num_attention_heads"] * TRANSFORMER["attention_head_dim"]}
+    inner, cross = dims["attn1"], TRANSFORMER["cross_attention_dim"]
+    shapes = {"attn1.to_q": (inner, inner), "attn1.to_k": (inner, inner), "attn1.to_v": (inner, inner),
+              "attn1.to_out.0": (inner, inner), "attn2.to_q": (inner, inner), "attn2.to_k": (inner, cross),
+              "attn2.to_v": (inner, cross), "attn2.to_out.0": (inner, inner), "ff.net.0.proj": (4 * inner, inner),
+              "ff.net.2": (inner, 4 * inner)}
+    tensors = {}
+    for block in range(TRANSFORMER["num_layers"]):
+        for target in LORA_TARGETS:
+            out_dim, in_dim = shapes[target]
+            key = f"diffusion_model.transformer_blocks.{block}.{target}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(LORA_RANK, in_dim, generator=generator) * 0.5
+            tensors[f"{key}.lora_B.weight"] = torch.randn(out_dim, LORA_RANK, generator=generator) * 0.5
+    metadata = {} if reference_downscale_factor is None else {
+        "reference_downscale_factor": str(reference_downscale_factor)}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def make_tiny_models(folder) -> dict:
+    """Write the tiny model set into ``folder``; returns the paths, keyed like ``job.json``'s ``models``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(folder / CHECKPOINT, build_components())
+    write_text_encoder(folder / TEXT_ENCODER)
+    write_lora(folder / IC_LORA, seed=1)
+    write_lora(folder / DISTILLED_LORA, seed=2, reference_downscale_factor=None)
+    return {"checkpoint": str(folder / CHECKPOINT), "text_encoder": str(folder / TEXT_ENCODER),
+            "ic_lora": str(folder / IC_LORA), "distilled_lora": str(folder / DISTILLED_LORA)}
