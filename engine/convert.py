@@ -31,8 +31,7 @@ TRANSFORMER_RENAMES = (
     ("scale_shift_table_a2v_ca_audio", "audio_a2v_cross_attn_scale_shift_table"),
     ("q_norm", "norm_q"),
     ("k_norm", "norm_k"),
-    ("audio_prompt_adaln_single", "audio_prompt_adaln"),
-    ("prompt_adaln_single", "prompt_adaln"),
+    ("prompt_adaln_single", "prompt_adaln"),  # and audio_prompt_adaln_single
 )
 # Renames of a key's first component only ("adaln_single" also ends other names).
 TRANSFORMER_HEAD_RENAMES = (

@@ -19,6 +19,7 @@ import gc
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -188,7 +189,7 @@ def run_ltx(job_dir: Path, job: Job, channel: Channel) -> dict:
     configs = component_configs(header)
     plan = memory_plan(header, text_encoder_dir, job.low_vram)
     channel.log(f"LTX-2.3 on {device} ({dtype}), {width}×{height}×{num_frames}, preset {job.preset}"
-                f"{', low VRAM' if job.low_vram else ''}; GPU weights per phase: text {plan['text_gb']} GB, "
+                f"{', low VRAM' if job.low_vram else ''}; weights on the device per phase: text {plan['text_gb']} GB, "
                 f"denoise {plan['denoise_gb']} GB, decode {plan['decode_gb']} GB")
     _check_fits(plan, device, job.low_vram)
     if device == "cuda":
@@ -264,7 +265,9 @@ def _apply_loras(pipe, ic_lora: Path, distilled: Path | None, strength: float) -
     load_lora(pipe, ic_lora, "ic", "VR-360 IC-LoRA")
     adapters, weights = ["ic"], [strength]
     if distilled:
-        load_lora(pipe, distilled, "distilled", "distilled LoRA")
+        with warnings.catch_warnings():  # peft warns about any second adapter on one model; two is the plan
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            load_lora(pipe, distilled, "distilled", "distilled LoRA")
         adapters.append("distilled")
         weights.append(DISTILLED_LORA_STRENGTH)
     pipe.set_adapters(adapters, weights)

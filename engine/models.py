@@ -89,9 +89,10 @@ def vae_depths(keys) -> dict:
         if match:
             stage = (match.group(1), int(match.group(2)))
             counts[stage] = max(counts.get(stage, 0), int(match.group(3)) + 1)
-    # Resnet stages are the even-numbered blocks (0, 2, 4, 6, 8); odd ones resample.
+    # Resnet stages are the even-numbered blocks (0, 2, 4, 6, 8); odd ones resample. The file numbers the
+    # decoder from the latent side; diffusers lists its depths in the encoder's order.
     encoder = tuple(counts.get(("encoder", i), 0) for i in range(0, 9, 2))
-    decoder = tuple(counts.get(("decoder", i), 0) for i in range(0, 9, 2))
+    decoder = tuple(counts.get(("decoder", i), 0) for i in range(8, -1, -2))
     return {"layers_per_block": encoder, "decoder_layers_per_block": decoder,
             "timestep_conditioning": any(k.startswith("vae.decoder.last_time_embedder.") for k in keys)}
 

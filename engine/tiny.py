@@ -92,9 +92,15 @@ def write_checkpoint(path: Path, components: dict) -> None:
     from .convert import to_checkpoint
     from .models import CONFIG_METADATA_KEY
 
+    import torch
+
     tensors = {}
     for name, module in components.items():
         tensors.update(to_checkpoint(name, {k: v.detach().contiguous() for k, v in module.state_dict().items()}))
+    # Statistics Lightricks' file has and diffusers does not use.
+    channels = VIDEO_VAE["latent_channels"]
+    tensors["vae.per_channel_statistics.channel"] = torch.arange(channels, dtype=torch.float32)
+    tensors["vae.per_channel_statistics.mean-of-stds"] = torch.ones(channels)
     configs = {"transformer": TRANSFORMER, "connectors": CONNECTORS, "vae": VIDEO_VAE, "audio_vae": AUDIO_VAE,
                "vocoder": VOCODER}
     save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(configs)})
