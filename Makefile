@@ -1,14 +1,15 @@
 # Equi360 developer commands. Each target creates .venv/ (pinned, requirements.txt) when needed.
-#   make demo   build the sample city clip and its 360° reference video into out/demo/
-#   make test   run the whole test suite
-#   make bench  run the benchmarks (results: docs/BENCHMARKS.md)
+#   make demo      the sample city clip → its 360° reference → a draft 360° video, in out/demo/
+#   make demo-ltx  the same clip through the real LTX-2.3 code path on a tiny random-weight model (CPU)
+#   make test      run the whole test suite
+#   make bench     run the benchmarks (results: docs/BENCHMARKS.md); make bench-gpu on a CUDA machine
 
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test bench extension clean
+.PHONY: demo demo-ltx test bench bench-gpu extension clean
 
 $(INSTALLED): requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is needed (bpy 5.0.1 is built for it): make PYTHON=/path/to/python3.11")'
@@ -21,13 +22,33 @@ demo: $(INSTALLED)
 	@mkdir -p out/demo
 	$(PY) -m blender_equi360 reference samples/build/city_flat.mp4 -o out/demo/city_reference.mkv \
 		--mask out/demo/city_mask.mkv --hfov 100
-	@echo "demo: out/demo/city_reference.mkv (+ city_mask.mkv); ground truth: samples/build/city_pano.mkv"
+	$(PY) -c "from blender_equi360.job import Job, save_job; save_job('out/demo', Job(reference='city_reference.mkv', \
+		mask='city_mask.mkv', output='city_360_draft.mp4', backend='draft'))"
+	$(PY) -m engine run out/demo > out/demo/events.jsonl
+	@echo "demo: out/demo/city_reference.mkv (+ city_mask.mkv) → out/demo/city_360_draft.mp4 (a DRAFT fill, no model);"
+	@echo "      ground truth: samples/build/city_pano.mkv"
+
+demo-ltx: $(INSTALLED)
+	$(PY) samples/make_city.py samples/build
+	$(PY) -m engine make-tiny-models out/tiny-models > /dev/null
+	@mkdir -p out/demo-ltx
+	$(PY) -m blender_equi360 reference samples/build/city_flat.mp4 -o out/demo-ltx/reference.mkv \
+		--mask out/demo-ltx/mask.mkv --hfov 100 --size 256x128 --frames 17 -q
+	$(PY) -c "from blender_equi360.job import Job, ModelFiles, save_job; save_job('out/demo-ltx', Job( \
+		reference='reference.mkv', mask='mask.mkv', backend='ltx', steps=4, models=ModelFiles( \
+		checkpoint='../tiny-models/ltx-2.3-tiny.safetensors', text_encoder='../tiny-models/gemma-3-tiny', \
+		ic_lora='../tiny-models/ic-lora-tiny.safetensors')))"
+	EQUI360_ENGINE_DEVICE=cpu $(PY) -m engine run out/demo-ltx > out/demo-ltx/events.jsonl
+	@echo "demo-ltx: out/demo-ltx/result.mp4 (random weights: noise, made by the real loading and generation code)"
 
 test: $(INSTALLED)
 	$(PY) -m pytest
 
 bench: $(INSTALLED)
 	$(PY) bench/reference.py
+
+bench-gpu: $(INSTALLED)
+	$(PY) bench/engine_gpu.py --write
 
 clean:
 	rm -rf out samples/build bench/out .pytest_cache
