@@ -324,3 +324,14 @@ def test_cuda_out_of_memory_says_what_to_do(tmp_path, reference, models, monkeyp
     with pytest.raises(EngineError) as info:
         captured.run(make_job(tmp_path, reference, models))
     assert info.value.code == "cuda_oom" and "low VRAM" in str(info.value) and "decode" in str(info.value)
+
+
+def test_engine_check_reports_each_model_file(tmp_path, reference, models):
+    job_dir = make_job(tmp_path, reference, {**models, "ic_lora": str(tmp_path / "missing.safetensors")})
+    run = subprocess.run([sys.executable, "-m", "engine", "check", str(job_dir)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    report = json.loads(run.stdout)
+    assert report["models"]["checkpoint"]["ok"] and report["models"]["text_encoder"]["ok"]
+    assert report["models"]["distilled_lora"]["ok"]
+    assert report["models"]["ic_lora"]["code"] == "missing_weights" and "model:ic_lora" in report["missing"]
+    assert report["ready_for_ltx"] is False
