@@ -1,0 +1,179 @@
+"""The add-on's side of the engine subprocess: start it, read its events, cancel it, reap it.
+
+Blender-free and thread-safe in the one way Blender needs: a reader thread turns stdout lines into
+events on a queue and never touches anything else; the owner (a modal operator's timer, or a blocking
+loop in background mode) drains the queue on its own thread with :meth:`EngineProcess.poll`.
+
+Cancelling asks politely first (``cancel`` on stdin and SIGINT: the engine stops after the step in
+progress and writes nothing), then terminates and kills the whole process group, so no child is left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from .protocol import parse_event
+
+CANCEL_GRACE_S = 10.0     # the engine finishes its denoising step; a step can take seconds on a GPU
+TERMINATE_GRACE_S = 3.0
+_RUNNING: set["EngineProcess"] = set()
+
+
+class EngineProcess:
+    """One ``python -m engine run JOB_DIR``. Events are protocol dicts; a crash (an exit without an
+    ``error`` or ``done`` event, or a line that is not JSON) becomes an ``error`` event with code
+    ``crashed`` and the tail of stderr."""
+
+    def __init__(self, python: str, job_dir, cwd, env: dict | None = None):
+        self.job_dir = Path(job_dir)
+        self._events: queue.Queue = queue.Queue()
+        self._stderr_tail: deque = deque(maxlen=20)
+        self._finished = False
+        self._final = None
+        session = {"start_new_session": True} if os.name == "posix" else {
+            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        try:
+            self._proc = subprocess.Popen([python, "-m", "engine", "run", str(self.job_dir)], cwd=str(cwd),
+                                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1,
+                                          **session)
+        except OSError as err:
+            raise OSError(f"could not start the engine with {python!r}: {err.strerror or err}") from None
+        _RUNNING.add(self)
+        threading.Thread(target=self._read_stdout, daemon=True, name="equi360-engine-stdout").start()
+        threading.Thread(target=self._read_stderr, daemon=True, name="equi360-engine-stderr").start()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _read_stdout(self) -> None:
+        for line in self._proc.stdout:
+            if not line.strip():
+                continue
+            try:
+                self._events.put(parse_event(line))
+            except ValueError:
+                self._events.put({"event": "log", "message": f"engine said (not protocol): {line.strip()[:200]}"})
+        self._proc.wait()
+        self._events.put(None)  # end of stream
+
+    def _read_stderr(self) -> None:
+        for line in self._proc.stderr:
+            self._stderr_tail.append(line.rstrip())
+
+    def poll(self) -> list[dict]:
+        """The events that arrived since the last call (never blocks). After the stream ends, one last
+        synthetic ``error`` event explains an exit without a final event."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return events
+            if event is None:
+                self._finish(events)
+                return events
+            if event["event"] in ("done", "error"):
+                self._final = event
+            events.append(event)
+
+    def _finish(self, events: list) -> None:
+        self._finished = True
+        _RUNNING.discard(self)
+        code = self._proc.returncode
+        if self._final is None:
+            tail = " | ".join(line for line in list(self._stderr_tail)[-3:] if line)
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            events.append({"event": "error", "code": "crashed",
+                           "message": f"the engine {how} without a result{': ' + tail if tail else ''}"})
+        elif self._final["event"] == "done" and code != 0:
+            events.append({"event": "error", "code": "crashed", "message": f"the engine exited with status {code}"})
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def wait(self, on_event, interval: float = 0.1, cancel_requested=lambda: False) -> dict | None:
+        """Blocking loop (background mode): passes each event to ``on_event`` until the engine ends;
+        returns the final ``done``/``error`` event. Ctrl+C or ``cancel_requested()`` cancels."""
+        try:
+            while not self._finished:
+                for event in self.poll():
+                    on_event(event)
+                if cancel_requested():
+                    self.cancel()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            self.cancel()
+            for event in self.poll():
+                on_event(event)
+        return self.final_event
+
+    @property
+    def final_event(self) -> dict | None:
+        return self._final
+
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        """Ask the engine to stop; if it has not within ``grace_s``, terminate, then kill, its group.
+        Blocks until the process is gone (at most ``grace_s`` + a few seconds)."""
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write("cancel\n")
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+            self._signal(signal.SIGINT if os.name == "posix" else signal.CTRL_BREAK_EVENT)
+            try:
+                self._proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._drain_until_end()
+
+    def kill(self) -> None:
+        """Terminate the whole process group, then kill it."""
+        if self._proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self._proc.wait(TERMINATE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+                self._proc.wait()
+        if os.name == "posix":  # children that outlived the leader
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _signal(self, sig) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self._proc.pid, sig)
+            else:
+                self._proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+    def _drain_until_end(self, timeout: float = 5.0) -> None:
+        """Wait (briefly) for the reader to see the end of the stream; events stay queued for poll()."""
+        deadline = time.monotonic() + timeout
+        while self._proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def kill_all() -> None:
+    """Kill every engine still running (Blender quitting, the add-on unregistering)."""
+    for process in list(_RUNNING):
+        process.kill()
+        _RUNNING.discard(process)
+
+
+atexit.register(kill_all)
