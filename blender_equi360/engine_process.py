@@ -93,29 +93,31 @@ class EngineProcess:
         if self._final is None:
             tail = " | ".join(line for line in list(self._stderr_tail)[-3:] if line)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            events.append({"event": "error", "code": "crashed",
-                           "message": f"the engine {how} without a result{': ' + tail if tail else ''}"})
+            self._final = {"event": "error", "code": "crashed",
+                           "message": f"the engine {how} without a result{': ' + tail if tail else ''}"}
+            events.append(self._final)
         elif self._final["event"] == "done" and code != 0:
-            events.append({"event": "error", "code": "crashed", "message": f"the engine exited with status {code}"})
+            self._final = {"event": "error", "code": "crashed", "message": f"the engine exited with status {code}"}
+            events.append(self._final)
 
     @property
     def finished(self) -> bool:
         return self._finished
 
-    def wait(self, on_event, interval: float = 0.1, cancel_requested=lambda: False) -> dict | None:
+    def wait(self, on_event, interval: float = 0.1) -> dict | None:
         """Blocking loop (background mode): passes each event to ``on_event`` until the engine ends;
-        returns the final ``done``/``error`` event. Ctrl+C or ``cancel_requested()`` cancels."""
+        returns the final ``done``/``error`` event. Ctrl+C cancels the engine."""
         try:
             while not self._finished:
                 for event in self.poll():
                     on_event(event)
-                if cancel_requested():
-                    self.cancel()
                 time.sleep(interval)
         except KeyboardInterrupt:
             self.cancel()
-            for event in self.poll():
-                on_event(event)
+            while not self._finished:
+                for event in self.poll():
+                    on_event(event)
+                time.sleep(interval)
         return self.final_event
 
     @property

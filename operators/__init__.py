@@ -3,14 +3,25 @@
 
 import bpy
 
-CLASSES: tuple = ()
+from ..blender_equi360.engine_process import kill_all
+from .ops import (EQUI360_OT_add_preview_camera, EQUI360_OT_add_strip, EQUI360_OT_build_reference,
+                  EQUI360_OT_check_engine, EQUI360_OT_convert, EQUI360_OT_load_world)
+from .preferences import EQUI360_AP_preferences, EQUI360_PG_scene
+from .ui import EQUI360_PT_sequencer, EQUI360_PT_world
+
+CLASSES = (EQUI360_AP_preferences, EQUI360_PG_scene, EQUI360_OT_build_reference, EQUI360_OT_convert,
+           EQUI360_OT_load_world, EQUI360_OT_add_preview_camera, EQUI360_OT_add_strip, EQUI360_OT_check_engine,
+           EQUI360_PT_sequencer, EQUI360_PT_world)
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    bpy.types.Scene.equi360 = bpy.props.PointerProperty(type=EQUI360_PG_scene)
 
 
 def unregister():
+    kill_all()  # an engine still running would outlive the add-on
+    del bpy.types.Scene.equi360
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

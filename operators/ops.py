@@ -1,0 +1,282 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The operators. ``equi360.convert`` runs the engine as a subprocess: modal with a timer when Blender
+has a UI (Esc cancels), blocking in background mode, where timers and modal handlers never run."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import bpy
+
+from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
+from ..blender_equi360.engine_process import EngineProcess
+from ..blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
+from ..blender_equi360.reference import DEFAULT_FPS, round_up_frame_count
+from . import scene_read, world
+from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
+
+MAX_FRAMES = 121           # one model window (5 s at 24 fps)
+CANVAS = CanvasSize(1920, 960)
+TIMER_S = 0.1
+
+
+def _job_root(prefs) -> Path:
+    if prefs.output_dir:
+        return Path(bpy.path.abspath(prefs.output_dir))
+    return Path(bpy.utils.extension_path_user(PACKAGE, path="jobs", create=True))
+
+
+def _new_job_dir(root: Path, name: str) -> Path:
+    stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        job_dir = root / (stem if n == 1 else f"{stem}_{n}")
+        try:
+            job_dir.mkdir()
+            return job_dir
+        except FileExistsError:
+            continue
+    raise OSError(f"{root}: could not make a new job folder")
+
+
+def prepare_job(context, operator) -> Path:
+    """Read the strip and camera, build the masked reference into a new job folder, write job.json.
+    Records the job in ``scene.equi360``. Raises Equi360Error with a message for the user."""
+    scene, prefs = context.scene, preferences(context)
+    strip = scene_read.active_movie_strip(scene)
+    source = scene_read.read_strip(scene, strip)
+    pose, warnings = scene_read.read_camera(scene, source)
+    for warning in warnings:
+        operator.report({"WARNING"}, warning)
+    frames = round(source.duration_s * DEFAULT_FPS)
+    if frames > MAX_FRAMES:
+        operator.report({"WARNING"}, f"the strip shows {source.duration_s:.1f} s; this version converts the "
+                                     f"first {MAX_FRAMES / DEFAULT_FPS:.0f} s")
+    frames = min(MAX_FRAMES, round_up_frame_count(max(frames, 1)))
+    job_dir = _new_job_dir(_job_root(prefs), strip.name)
+    try:
+        build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv",
+                        ReferenceSettings(camera=pose.camera, size=CANVAS, frames=frames, start_s=source.start_s))
+    except BaseException:
+        for path in job_dir.iterdir():
+            path.unlink()
+        job_dir.rmdir()
+        raise
+    models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
+                           for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
+    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
+                          low_vram=prefs.low_vram, models=models))
+    state = scene.equi360
+    state.job_dir, state.heading_deg = str(job_dir), pose.heading_deg
+    state.source_channel, state.source_start = source.channel, source.timeline_start
+    return job_dir
+
+
+def show_result(context, video: str) -> None:
+    """The engine's result as the world, a preview camera, and a strip above the source."""
+    scene, state = context.scene, context.scene.equi360
+    world.load_world(scene, video, state.heading_deg, state.source_start)
+    world.add_preview_camera(scene)
+    world.add_strip(scene, video, state.source_channel, state.source_start)
+
+
+class EQUI360_OT_build_reference(bpy.types.Operator):
+    """Build the masked 360° reference of the active movie strip and show it as the world"""
+    bl_idname = "equi360.build_reference"
+    bl_label = "Build 360° Reference"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        try:
+            job_dir = prepare_job(context, self)
+            state = context.scene.equi360
+            world.load_world(context.scene, str(job_dir / "reference.mkv"), state.heading_deg, state.source_start)
+        except (Equi360Error, OSError) as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"reference in {job_dir}")
+        return {"FINISHED"}
+
+
+class EQUI360_OT_convert(bpy.types.Operator):
+    """Convert the active movie strip to a 360° video with the engine"""
+    bl_idname = "equi360.convert"
+    bl_label = "Convert to 360°"
+    bl_options = {"REGISTER"}
+
+    _process: EngineProcess | None = None
+    _timer = None
+
+    @classmethod
+    def poll(cls, context):
+        return not context.scene.equi360.running
+
+    def _start(self, context) -> bool:
+        prefs = preferences(context)
+        if not prefs.engine_python:
+            self.report({"ERROR"}, "the engine is not configured: set the engine's Python in the add-on preferences")
+            return False
+        try:
+            job_dir = prepare_job(context, self)
+            self._process = EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        except (Equi360Error, OSError) as err:
+            self.report({"ERROR"}, str(err))
+            return False
+        state = context.scene.equi360
+        state.running, state.progress, state.status = True, 0.0, "starting the engine"
+        return True
+
+    def execute(self, context):  # background mode and scripts: block until the engine ends
+        if not self._start(context):
+            return {"CANCELLED"}
+        final = self._process.wait(lambda event: self._on_event(context, event))
+        return self._finish(context, final)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        if not self._start(context):
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 1000)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            context.scene.equi360.status = "cancelling…"
+            self._process.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        for item in self._process.poll():
+            self._on_event(context, item)
+        if not self._process.finished:
+            return {"PASS_THROUGH"}
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        context.workspace.status_text_set(None)
+        return self._finish(context, self._process.final_event)
+
+    def cancel(self, context):  # Blender closing the operator (file load, quit): never leave the engine
+        if self._process and not self._process.finished:
+            self._process.kill()
+        context.scene.equi360.running = False
+
+    def _on_event(self, context, event: dict) -> None:
+        state = context.scene.equi360
+        kind = event["event"]
+        if kind == "progress" and event.get("total"):
+            state.progress = event["step"] / event["total"]
+            eta = f", {event['eta_s']:.0f} s left" if event.get("eta_s") is not None else ""
+            state.status = f"{event['stage']} {event['step']}/{event['total']}{eta}"
+            if not bpy.app.background:
+                context.window_manager.progress_update(int(state.progress * 1000))
+                context.workspace.status_text_set(f"Equi360: {state.status} (Esc cancels)")
+                for area in context.screen.areas:
+                    area.tag_redraw()
+        elif kind == "warning":
+            self.report({"WARNING"}, event["message"])
+        elif kind == "log" and bpy.app.background:
+            print(f"equi360: {event['message']}")
+
+    def _finish(self, context, final: dict | None):
+        state = context.scene.equi360
+        state.running = False
+        if final is None or final["event"] == "error":
+            code = final["code"] if final else "crashed"
+            message = final["message"] if final else "the engine ended without a result"
+            state.status = f"[{code}] {message}"
+            self.report({"WARNING"} if code == "cancelled" else {"ERROR"}, f"Equi360 [{code}]: {message}")
+            return {"CANCELLED"}
+        video = final["outputs"]["video"]
+        try:
+            show_result(context, video)
+        except (Equi360Error, OSError) as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        state.progress, state.status = 1.0, ("DRAFT " if final.get("draft") else "") + f"done: {video}"
+        self.report({"INFO"}, f"360° video: {video}" + (" (a draft: no model was run)" if final.get("draft") else ""))
+        return {"FINISHED"}
+
+
+class EQUI360_OT_load_world(bpy.types.Operator):
+    """Show a 360° video as the world, turned to the plate's heading"""
+    bl_idname = "equi360.load_world"
+    bl_label = "Load 360° World"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH", description="Equirect video (default: the job's result)")
+
+    def execute(self, context):
+        state = context.scene.equi360
+        try:
+            path = bpy.path.abspath(self.filepath) if self.filepath else _job_result(state.job_dir)
+            world.load_world(context.scene, path, state.heading_deg, state.source_start)
+        except (Equi360Error, OSError) as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class EQUI360_OT_add_preview_camera(bpy.types.Operator):
+    """Add a panoramic (equirectangular) camera at the scene camera's position"""
+    bl_idname = "equi360.add_preview_camera"
+    bl_label = "Add 360° Preview Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        try:
+            world.add_preview_camera(context.scene)
+        except Equi360Error as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class EQUI360_OT_add_strip(bpy.types.Operator):
+    """Add the job's 360° result as a movie strip above its source"""
+    bl_idname = "equi360.add_strip"
+    bl_label = "Add 360° Strip"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH")
+
+    def execute(self, context):
+        state = context.scene.equi360
+        try:
+            path = bpy.path.abspath(self.filepath) if self.filepath else _job_result(state.job_dir)
+            world.add_strip(context.scene, path, state.source_channel, state.source_start)
+        except (Equi360Error, OSError) as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class EQUI360_OT_check_engine(bpy.types.Operator):
+    """Run the engine's self-check and show what is present and missing"""
+    bl_idname = "equi360.check_engine"
+    bl_label = "Check Engine"
+
+    def execute(self, context):
+        prefs = preferences(context)
+        try:
+            report = check_engine(prefs)
+        except (OSError, ValueError) as err:
+            prefs.check_report = f"Engine check failed: {err}"
+            self.report({"ERROR"}, prefs.check_report)
+            return {"CANCELLED"}
+        prefs.check_report = summarize_check(report)
+        self.report({"INFO"}, prefs.check_report.replace("\n", "; "))
+        return {"FINISHED"}
+
+
+def _job_result(job_dir: str) -> str:
+    if not job_dir:
+        raise Equi360Error("no job yet: build a reference or convert a strip first")
+    return str(output_path(job_dir, load_job(job_dir)))

@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The add-on's preferences (the engine and its model files) and the per-scene state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+ADDON_ROOT = Path(__file__).resolve().parents[1]  # the extension folder: holds engine/ and blender_equi360/
+PACKAGE = __package__.rpartition(".")[0]          # bl_ext.<repo>.equi360
+
+
+def preferences(context=None):
+    return (context or bpy.context).preferences.addons[PACKAGE].preferences
+
+
+class EQUI360_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = PACKAGE
+
+    engine_python: StringProperty(
+        name="Engine Python", subtype="FILE_PATH",
+        description="The Python of the engine's environment (with CUDA torch and diffusers), e.g. …/.venv/bin/python")
+    checkpoint: StringProperty(name="LTX-2.3 checkpoint", subtype="FILE_PATH",
+                               description="ltx-2.3-22b-dev.safetensors")
+    text_encoder: StringProperty(name="Text encoder folder", subtype="DIR_PATH",
+                                 description="The Gemma 3 12B folder (config.json, tokenizer, safetensors)")
+    ic_lora: StringProperty(name="VR-360 IC-LoRA", subtype="FILE_PATH")
+    distilled_lora: StringProperty(name="Distilled LoRA", subtype="FILE_PATH",
+                                   description="ltx-2.3-22b-distilled-lora-384-1.1.safetensors (fast preset)")
+    backend: EnumProperty(name="Backend", default="auto", items=(
+        ("auto", "Auto", "LTX-2.3 when a GPU and the model files are there, otherwise a draft"),
+        ("ltx", "LTX-2.3", "The model; fails without a CUDA GPU"),
+        ("draft", "Draft", "A classical fill: no GPU, no model, seconds")))
+    preset: EnumProperty(name="Preset", default="quality", items=(
+        ("quality", "Quality", "Dev model, 30 guided steps"),
+        ("fast", "Fast", "Distilled LoRA, 8 unguided steps")))
+    low_vram: BoolProperty(name="Low VRAM", description="fp8 weights streamed to the GPU, for 24 GB cards")
+    output_dir: StringProperty(name="Output folder", subtype="DIR_PATH",
+                               description="Where job folders go (default: the extension's user folder)")
+    check_report: StringProperty(name="Engine check", default="")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "engine_python")
+        for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora"):
+            layout.prop(self, name)
+        row = layout.row()
+        row.prop(self, "backend")
+        row.prop(self, "preset")
+        row.prop(self, "low_vram")
+        layout.prop(self, "output_dir")
+        layout.operator("equi360.check_engine", icon="CHECKMARK")
+        for line in self.check_report.splitlines():
+            layout.label(text=line)
+
+
+def check_engine(prefs, job_dir=None) -> dict:
+    """``python -m engine check`` in the engine's Python, as a dict (raises OSError/ValueError)."""
+    if not prefs.engine_python:
+        raise ValueError("set the engine's Python in the add-on preferences")
+    command = [bpy.path.abspath(prefs.engine_python), "-m", "engine", "check"] + ([str(job_dir)] if job_dir else [])
+    run = subprocess.run(command, cwd=ADDON_ROOT, capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        raise ValueError(f"the engine check failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
+    return json.loads(run.stdout)
+
+
+def summarize_check(report: dict) -> str:
+    gpu = report["gpu"]
+    lines = [f"GPU: {gpu['name']} ({gpu['memory_gb']} GB)" if gpu.get("cuda") else f"GPU: none ({gpu.get('why')})"]
+    for name, entry in (report.get("models") or {}).items():
+        if isinstance(entry, dict) and entry.get("configured"):
+            lines.append(f"{name}: {'OK' if entry.get('ok') else entry.get('message', 'missing')}")
+    lines.append("Missing: " + (", ".join(report["missing"]) or "nothing"))
+    return "\n".join(lines)
+
+
+class EQUI360_PG_scene(bpy.types.PropertyGroup):
+    job_dir: StringProperty(name="Job folder", subtype="DIR_PATH",
+                            description="The job of the last reference or conversion (job.json names its files)")
+    heading_deg: FloatProperty(name="Heading", description="Where the plate faces in the world, from +X to +Y")
+    source_channel: IntProperty(default=1)
+    source_start: IntProperty(default=1)
+    progress: FloatProperty(name="Progress", min=0.0, max=1.0, subtype="FACTOR")
+    status: StringProperty(name="Status")
+    running: BoolProperty(default=False)

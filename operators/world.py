@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Putting a 360° video into the scene: as the world (frame-synced, turned to the camera's heading), as a
+panoramic preview camera, and as a movie strip above the source."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import bpy
+
+from ..blender_equi360 import Equi360Error
+from ..blender_equi360.video import probe
+from . import compat
+
+NODE_PREFIX = "Equi360 "  # our world nodes, so that loading again replaces them instead of piling up
+PREVIEW_CAMERA = "Equi360 Preview"
+
+
+def load_world(scene, video_path: str, heading_deg: float = 0.0, frame_start: int | None = None):
+    """The equirect video as the scene world's background: Environment Texture (movie, its first frame at
+    ``frame_start``, default the scene's; auto-refresh) behind a Mapping that turns the canvas centre to
+    ``heading_deg`` (from +X towards +Y)."""
+    if not os.path.isfile(video_path):
+        raise Equi360Error(f"{video_path}: no such video")
+    image = bpy.data.images.load(video_path, check_existing=True)
+    if image.source != "MOVIE" or image.frame_duration < 1 or image.size[0] == 0:
+        if image.users == 0:
+            bpy.data.images.remove(image)
+        raise Equi360Error(f"{video_path}: Blender cannot read it as a movie")
+    world = scene.world or bpy.data.worlds.new("Equi360 World")
+    scene.world = world
+    tree = compat.world_node_tree(world)
+    for node in [n for n in tree.nodes if n.name.startswith(NODE_PREFIX)]:
+        tree.nodes.remove(node)
+    background = next((n for n in tree.nodes if n.type == "BACKGROUND"), None) or tree.nodes.new("ShaderNodeBackground")
+    output = next((n for n in tree.nodes if n.type == "OUTPUT_WORLD"), None) or tree.nodes.new("ShaderNodeOutputWorld")
+    if not background.outputs["Background"].links:
+        tree.links.new(background.outputs["Background"], output.inputs["Surface"])
+    coords = _node(tree, "ShaderNodeTexCoord", "Coordinates", (-900, 300))
+    mapping = _node(tree, "ShaderNodeMapping", "Heading", (-700, 300))
+    env = _node(tree, "ShaderNodeTexEnvironment", "360 Video", (-450, 300))
+    # Texture lookups turn the other way from the world: the canvas centre (+X) goes to the heading.
+    mapping.inputs["Rotation"].default_value = (0.0, 0.0, -math.radians(heading_deg))
+    env.image = image
+    env.projection = "EQUIRECTANGULAR"
+    user = env.image_user
+    user.frame_duration = image.frame_duration
+    user.frame_start = scene.frame_start if frame_start is None else frame_start
+    user.frame_offset = 0
+    user.use_auto_refresh = True
+    tree.links.new(coords.outputs["Generated"], mapping.inputs["Vector"])
+    tree.links.new(mapping.outputs["Vector"], env.inputs["Vector"])
+    tree.links.new(env.outputs["Color"], background.inputs["Color"])
+    return env
+
+
+def _node(tree, kind: str, label: str, location):
+    node = tree.nodes.new(kind)
+    node.name = node.label = NODE_PREFIX + label
+    node.location = location
+    return node
+
+
+def add_preview_camera(scene, location=None):
+    """A panoramic equirectangular camera at the scene camera's position (or ``location``), level and
+    looking along +X, so that it renders the world's canvas 1:1."""
+    if location is None:
+        if scene.camera is None:
+            raise Equi360Error("the scene has no camera to place the preview camera at")
+        location = scene.camera.matrix_world.translation.copy()
+    obj = bpy.data.objects.get(PREVIEW_CAMERA)
+    if obj is None or obj.type != "CAMERA":
+        data = bpy.data.cameras.new(PREVIEW_CAMERA)
+        obj = bpy.data.objects.new(PREVIEW_CAMERA, data)
+    if obj.name not in scene.collection.objects:
+        scene.collection.objects.link(obj)
+    obj.data.type = "PANO"
+    obj.data.panorama_type = "EQUIRECTANGULAR"
+    obj.location = location
+    obj.rotation_mode = "XYZ"
+    obj.rotation_euler = (math.radians(90), 0.0, math.radians(-90))
+    return obj
+
+
+def add_strip(scene, video_path: str, above_channel: int, frame_start: int, name: str = "360°"):
+    """The video as a movie strip on the first channel above ``above_channel`` that is free over its span."""
+    if not os.path.isfile(video_path):
+        raise Equi360Error(f"{video_path}: no such video")
+    end = frame_start + probe(video_path).frame_count
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    channel = above_channel + 1
+    while any(s.channel == channel and s.frame_final_start < end and s.frame_final_end > frame_start
+              for s in compat.strips(editor, everything=True)):
+        channel += 1
+    collection = compat.strips(editor)
+    strip = collection.new_movie(name=name, filepath=video_path, channel=channel, frame_start=frame_start)
+    if strip.fps <= 0:
+        collection.remove(strip)
+        raise Equi360Error(f"{video_path}: Blender cannot read it as a movie")
+    return strip

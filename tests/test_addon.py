@@ -1,0 +1,198 @@
+"""The add-on in real Blender (the ``bpy`` wheel, headless): registered from an extensions repository as
+Blender does it, operators run in background mode on a clip the tests make, with the real engine's draft
+backend and with fake engines. Each test is a fresh Blender process."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT, smooth_texture, write_clip
+
+PRELUDE = """
+import json, math, os, sys
+os.environ["BLENDER_USER_RESOURCES"] = {user!r}
+import bpy, addon_utils
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.context.preferences.extensions.repos.new(name="test_repo", module="test_repo", custom_directory={repo!r},
+                                            source="USER")
+addon_utils.enable("bl_ext.test_repo.equi360", default_set=True, handle_error=None)
+prefs = bpy.context.preferences.addons["bl_ext.test_repo.equi360"].preferences
+prefs.engine_python = {python!r}
+prefs.backend = "draft"
+prefs.output_dir = {jobs!r}
+scene = bpy.context.scene
+scene.render.resolution_x, scene.render.resolution_y = 1912, 800
+scene.render.fps = 24
+
+def add_camera(heading=30.0, pitch=5.0, roll=0.0, lens_hfov=100.0, kind="PERSP"):
+    data = bpy.data.cameras.new("Cam")
+    data.type = kind
+    data.sensor_fit = "HORIZONTAL"
+    data.sensor_width = 36.0
+    data.lens = 18.0 / math.tan(math.radians(lens_hfov) / 2)
+    obj = bpy.data.objects.new("Cam", data)
+    scene.collection.objects.link(obj)
+    # Blender cameras look down local -Z: Euler (90°, 0, -90°) looks along +X. Then roll about the view
+    # axis, pitch up (about world Y), heading from +X towards +Y (about world Z).
+    from mathutils import Euler, Matrix
+    rotation = (Matrix.Rotation(math.radians(heading), 3, "Z") @ Matrix.Rotation(math.radians(-pitch), 3, "Y")
+                @ Euler((math.radians(90), 0.0, math.radians(-90)), "XYZ").to_matrix()
+                @ Matrix.Rotation(math.radians(roll), 3, "Z"))
+    obj.matrix_world = Matrix.Translation((1.0, 2.0, 1.5)) @ rotation.to_4x4()
+    scene.camera = obj
+    return obj
+
+def add_strip(path, frame_start=10, channel=2):
+    editor = scene.sequence_editor_create()
+    strip = editor.strips.new_movie(name="plate", filepath=path, channel=channel, frame_start=frame_start)
+    editor.active_strip = strip
+    return strip
+
+def counts():
+    return {{"images": len(bpy.data.images), "worlds": len(bpy.data.worlds), "objects": len(bpy.data.objects),
+            "strips": len(scene.sequence_editor.strips_all) if scene.sequence_editor else 0}}
+
+def report(**values):
+    print("RESULT " + json.dumps(values), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    return write_clip(folder / "plate.mp4", 24, 478, 200, 24, lambda k: smooth_texture(478, 200, k / 6))
+
+
+def blender(tmp_path, body: str, python=sys.executable, timeout=300) -> dict:
+    repo = tmp_path / "repo"
+    if not repo.exists():
+        repo.mkdir()
+        (repo / "equi360").symlink_to(ROOT, target_is_directory=True)
+    script = PRELUDE.format(user=str(tmp_path / "user"), repo=str(repo), python=str(python),
+                            jobs=str(tmp_path / "jobs")) + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path)
+    results = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and results, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return results[-1]
+
+
+def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, clip):
+    result = blender(tmp_path, f"""
+        add_camera(heading=30.0, pitch=5.0)
+        add_strip({str(clip)!r})
+        status = bpy.ops.equi360.convert()
+        state = scene.equi360
+        tree = scene.world.node_tree
+        env = next(n for n in tree.nodes if n.type == "TEX_ENVIRONMENT")
+        mapping = next(n for n in tree.nodes if n.type == "MAPPING")
+        preview = bpy.data.objects["Equi360 Preview"]
+        strips = sorted((s.channel, s.frame_final_start, s.name, s.filepath) for s in scene.sequence_editor.strips_all)
+        report(status=sorted(status), job_dir=state.job_dir, heading=state.heading_deg, image=env.image.filepath,
+               source=env.image.source, frame_start=env.image_user.frame_start,
+               rotation=list(mapping.inputs["Rotation"].default_value), pano=[preview.data.type, preview.data.panorama_type],
+               preview_location=list(preview.location), strips=strips, status_text=state.status)
+    """)
+    assert result["status"] == ["FINISHED"]
+    job = json.loads(open(os.path.join(result["job_dir"], "job.json")).read())
+    assert job["backend"] == "draft" and job["reference"] == "reference.mkv"
+    video = os.path.join(result["job_dir"], "result.mp4")
+    assert result["image"] == video and result["source"] == "MOVIE" and result["frame_start"] == 10
+    assert result["heading"] == pytest.approx(30.0, abs=1e-3)
+    assert result["rotation"][2] == pytest.approx(-math.radians(30.0), abs=1e-5)
+    assert result["pano"] == ["PANO", "EQUIRECTANGULAR"] and result["preview_location"] == pytest.approx([1, 2, 1.5])
+    assert result["strips"][0][:2] == (2, 10) or result["strips"][0][:2] == [2, 10]
+    assert result["strips"][1][:2] in ([3, 10], (3, 10)) and result["strips"][1][3] == video
+    assert result["status_text"].startswith("DRAFT done")
+
+
+def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, clip):
+    """Render through the scene camera with the reference as the world: the picture is the plate."""
+    result = blender(tmp_path, f"""
+        import numpy as np
+        add_camera(heading=30.0, pitch=8.0, roll=4.0)
+        add_strip({str(clip)!r}, frame_start=1, channel=1)
+        assert bpy.ops.equi360.build_reference() == {{"FINISHED"}}
+        scene.render.engine = "CYCLES"
+        scene.cycles.device = "CPU"
+        scene.cycles.samples = 4
+        scene.cycles.use_denoising = False
+        scene.world.cycles.sampling_method = "NONE"
+        scene.view_settings.view_transform = "Standard"
+        scene.render.use_sequencer = False
+        scene.render.resolution_x, scene.render.resolution_y = 239, 100
+        scene.render.filepath = {str(tmp_path / "view.png")!r}
+        scene.frame_set(1)
+        bpy.ops.render.render(write_still=True)
+        report(ok=True)
+    """)
+    import av
+    import numpy as np
+    from blender_equi360.metrics import mean_abs_error
+    rendered = np.asarray(av.open(str(tmp_path / "view.png")).decode(video=0).__next__().to_ndarray(format="rgb24"))
+    with av.open(str(clip)) as container:
+        first = next(container.decode(video=0)).to_image().resize((239, 100))
+    plate = np.asarray(first)
+    inner = (slice(10, -10), slice(10, -10))
+    error = mean_abs_error(rendered[inner], plate[inner])
+    mirrored = mean_abs_error(rendered[inner], plate[:, ::-1][inner])
+    assert result["ok"] and error < 12 and error < mirrored / 2, (error, mirrored)
+
+
+@pytest.mark.parametrize("setup, words", [
+    ("add_camera()", "no active strip"),
+    ("add_camera(); s = add_strip(CLIP); s.filepath = '/no/such/clip.mp4'", "missing"),
+    ("add_strip(CLIP)", "no camera"),
+    ("add_camera(kind='ORTHO'); add_strip(CLIP)", "perspective camera"),
+    ("add_camera(kind='PANO'); add_strip(CLIP)", "perspective camera"),
+    ("add_camera(lens_hfov=175); add_strip(CLIP)", "between"),
+    ("add_camera(); add_strip(CLIP); prefs.engine_python = ''", "not configured"),
+])
+def test_bad_input_is_a_report_and_leaves_nothing_behind(tmp_path, clip, setup, words):
+    result = blender(tmp_path, f"""
+        CLIP = {str(clip)!r}
+        {setup}
+        before = counts()
+        try:
+            status = sorted(bpy.ops.equi360.convert())
+            message = ""
+        except RuntimeError as err:  # reports of level ERROR raise from bpy.ops in background mode
+            status, message = ["CANCELLED"], str(err)
+        jobs = os.listdir({str(tmp_path / "jobs")!r}) if os.path.isdir({str(tmp_path / "jobs")!r}) else []
+        report(status=status, message=message, before=before, after=counts(), jobs=jobs)
+    """)
+    assert result["status"] == ["CANCELLED"] and words in result["message"], result["message"]
+    assert result["after"] == result["before"] and result["jobs"] == []
+
+
+def test_an_engine_error_or_crash_is_reported_with_its_code(tmp_path, clip):
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"stage\": \"denoise\", \"step\": 1, \"total\": 30, "
+                    "\"eta_s\": 60}'\necho '{\"event\": \"error\", \"code\": \"cuda_oom\", \"message\": \"CUDA ran "
+                    "out of memory while denoise: turn on low VRAM\"}'\nexit 12\n")
+    fake.chmod(0o755)
+    crash = tmp_path / "crash_python"
+    crash.write_text("#!/bin/sh\necho 'Segmentation fault' >&2\nexit 139\n")
+    crash.chmod(0o755)
+    result = blender(tmp_path, f"""
+        add_camera(); add_strip({str(clip)!r})
+        messages = []
+        for python in ({str(fake)!r}, {str(crash)!r}):
+            prefs.engine_python = python
+            before = counts()
+            try:
+                bpy.ops.equi360.convert()
+            except RuntimeError as err:
+                messages.append(str(err))
+            messages.append(counts() == before)
+        report(messages=messages, running=scene.equi360.running)
+    """)
+    oom, same1, crashed, same2 = result["messages"]
+    assert "[cuda_oom]" in oom and "low VRAM" in oom and same1
+    assert "[crashed]" in crashed and "status 139" in crashed and "Segmentation fault" in crashed and same2
+    assert result["running"] is False
