@@ -8,6 +8,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+LTS_INSTALLED := .venv-lts/.installed
 
 .PHONY: demo demo-ltx test bench bench-gpu extension clean
 
@@ -41,7 +42,12 @@ demo-ltx: $(INSTALLED)
 	EQUI360_ENGINE_DEVICE=cpu $(PY) -m engine run out/demo-ltx > out/demo-ltx/events.jsonl
 	@echo "demo-ltx: out/demo-ltx/result.mp4 (random weights: noise, made by the real loading and generation code)"
 
-test: $(INSTALLED)
+$(LTS_INSTALLED): requirements-lts.txt
+	$(PYTHON) -m venv .venv-lts
+	.venv-lts/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lts.txt
+	touch $@
+
+test: $(INSTALLED) $(LTS_INSTALLED)
 	$(PY) -m pytest
 
 bench: $(INSTALLED)

@@ -48,8 +48,9 @@ class EngineProcess:
         except OSError as err:
             raise OSError(f"could not start the engine with {python!r}: {err.strerror or err}") from None
         _RUNNING.add(self)
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True, name="equi360-engine-stderr")
+        self._stderr_reader.start()
         threading.Thread(target=self._read_stdout, daemon=True, name="equi360-engine-stdout").start()
-        threading.Thread(target=self._read_stderr, daemon=True, name="equi360-engine-stderr").start()
 
     @property
     def pid(self) -> int:
@@ -64,6 +65,7 @@ class EngineProcess:
             except ValueError:
                 self._events.put({"event": "log", "message": f"engine said (not protocol): {line.strip()[:200]}"})
         self._proc.wait()
+        self._stderr_reader.join(timeout=5)  # so that a crash's last words are in the tail
         self._events.put(None)  # end of stream
 
     def _read_stderr(self) -> None:

@@ -62,28 +62,41 @@ def report(**values):
 """
 
 
+LTS_PYTHON = ROOT / ".venv-lts" / "bin" / "python"  # bpy 4.5 LTS (make test installs it)
+
+
+@pytest.fixture(params=["5.0", "4.5"])
+def bpy_python(request):
+    """The Python whose ``bpy`` is the Blender under test: 5.0 (this one) or 4.5 LTS (.venv-lts)."""
+    if request.param == "5.0":
+        return sys.executable
+    if not LTS_PYTHON.exists():
+        pytest.skip(".venv-lts (bpy 4.5 LTS) is not installed: run make test")
+    return str(LTS_PYTHON)
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clip")
     return write_clip(folder / "plate.mp4", 24, 478, 200, 24, lambda k: smooth_texture(478, 200, k / 6))
 
 
-def blender(tmp_path, body: str, python=sys.executable, timeout=300) -> dict:
+def blender(tmp_path, body: str, bpy_python=sys.executable, timeout=300) -> dict:
     repo = tmp_path / "repo"
     if not repo.exists():
         repo.mkdir()
         (repo / "equi360").symlink_to(ROOT, target_is_directory=True)
-    script = PRELUDE.format(user=str(tmp_path / "user"), repo=str(repo), python=str(python),
+    script = PRELUDE.format(user=str(tmp_path / "user"), repo=str(repo), python=sys.executable,
                             jobs=str(tmp_path / "jobs")) + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run([bpy_python, "-c", script], capture_output=True, text=True, timeout=timeout,
                           cwd=tmp_path)
     results = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and results, proc.stdout[-3000:] + proc.stderr[-3000:]
     return results[-1]
 
 
-def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, clip):
-    result = blender(tmp_path, f"""
+def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, clip, bpy_python):
+    result = blender(tmp_path, bpy_python=bpy_python, body=f"""
         add_camera(heading=30.0, pitch=5.0)
         add_strip({str(clip)!r})
         status = bpy.ops.equi360.convert()
@@ -111,9 +124,9 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
     assert result["status_text"].startswith("DRAFT done")
 
 
-def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, clip):
+def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, clip, bpy_python):
     """Render through the scene camera with the reference as the world: the picture is the plate."""
-    result = blender(tmp_path, f"""
+    result = blender(tmp_path, bpy_python=bpy_python, body=f"""
         import numpy as np
         add_camera(heading=30.0, pitch=8.0, roll=4.0)
         add_strip({str(clip)!r}, frame_start=1, channel=1)
@@ -153,8 +166,8 @@ def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, c
     ("add_camera(lens_hfov=175); add_strip(CLIP)", "between"),
     ("add_camera(); add_strip(CLIP); prefs.engine_python = ''", "not configured"),
 ])
-def test_bad_input_is_a_report_and_leaves_nothing_behind(tmp_path, clip, setup, words):
-    result = blender(tmp_path, f"""
+def test_bad_input_is_a_report_and_leaves_nothing_behind(tmp_path, clip, setup, words, bpy_python):
+    result = blender(tmp_path, bpy_python=bpy_python, body=f"""
         CLIP = {str(clip)!r}
         {setup}
         before = counts()
@@ -170,7 +183,7 @@ def test_bad_input_is_a_report_and_leaves_nothing_behind(tmp_path, clip, setup, 
     assert result["after"] == result["before"] and result["jobs"] == []
 
 
-def test_an_engine_error_or_crash_is_reported_with_its_code(tmp_path, clip):
+def test_an_engine_error_or_crash_is_reported_with_its_code(tmp_path, clip, bpy_python):
     fake = tmp_path / "fake_python"
     fake.write_text("#!/bin/sh\necho '{\"event\": \"progress\", \"stage\": \"denoise\", \"step\": 1, \"total\": 30, "
                     "\"eta_s\": 60}'\necho '{\"event\": \"error\", \"code\": \"cuda_oom\", \"message\": \"CUDA ran "
@@ -179,7 +192,7 @@ def test_an_engine_error_or_crash_is_reported_with_its_code(tmp_path, clip):
     crash = tmp_path / "crash_python"
     crash.write_text("#!/bin/sh\necho 'Segmentation fault' >&2\nexit 139\n")
     crash.chmod(0o755)
-    result = blender(tmp_path, f"""
+    result = blender(tmp_path, bpy_python=bpy_python, body=f"""
         add_camera(); add_strip({str(clip)!r})
         messages = []
         for python in ({str(fake)!r}, {str(crash)!r}):

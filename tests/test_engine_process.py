@@ -118,3 +118,23 @@ def alive(pid: int) -> bool:
 def test_a_python_that_does_not_exist_is_a_clear_error(tmp_path):
     with pytest.raises(OSError, match="could not start the engine with '/no/such/python'"):
         EngineProcess("/no/such/python", tmp_path, cwd=tmp_path)
+
+
+def test_an_engine_does_not_outlive_the_process_that_started_it(tmp_path):
+    """Blender quitting (its Python exiting) takes a running engine with it."""
+    import subprocess
+    import sys
+    folder = fake_engine(tmp_path, "emit('log', message='up'); time.sleep(600)")
+    script = textwrap.dedent(f"""
+        import sys, time
+        from blender_equi360.engine_process import EngineProcess
+        process = EngineProcess(sys.executable, {str(tmp_path)!r}, cwd={str(folder)!r})
+        while not process.poll():
+            time.sleep(0.02)
+        print(process.pid, flush=True)
+    """)
+    from conftest import ROOT
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    engine_pid = int(run.stdout.split()[0])
+    time.sleep(0.3)
+    assert not alive(engine_pid)
