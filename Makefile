@@ -2,6 +2,7 @@
 #   make demo      the sample city clip → its 360° reference → a draft 360° video, in out/demo/
 #   make demo-ltx  the same clip through the real LTX-2.3 code path on a tiny random-weight model (CPU)
 #   make test      run the whole test suite
+#   make extension the installable zips, one per platform, with PyAV's wheel (dist/)
 #   make bench     run the benchmarks (results: docs/BENCHMARKS.md); make bench-gpu on a CUDA machine
 
 PYTHON ?= python3.11
@@ -52,6 +53,9 @@ test: $(INSTALLED) $(LTS_INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) bench/reference.py
+
+extension: $(INSTALLED)
+	$(PY) tools/build_extension.py
 
 bench-gpu: $(INSTALLED)
 	$(PY) bench/engine_gpu.py --write

@@ -61,3 +61,27 @@ def test_blender_registers_the_extension_from_a_repository(tmp_path):
     """)
     proc = run("-c", script)
     assert proc.returncode == 0 and "OK 100.0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_platform_zip_bundles_pyav_and_installs_in_blender(tmp_path):
+    """tools/build_extension.py: one zip per platform with PyAV's wheel, installable by Blender itself."""
+    proc = run(ROOT / "tools" / "build_extension.py", "--platforms", "linux-x64", "--output-dir", tmp_path / "dist")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (zip_path,) = (tmp_path / "dist").glob("equi360-*-linux_x64.zip")
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert [n for n in names if n.startswith("wheels/av-") and n.endswith("manylinux_2_28_x86_64.whl")]
+    manifest = zipfile.ZipFile(zip_path).read("blender_manifest.toml").decode()
+    assert 'platforms = ["linux-x64"]' in manifest and "./wheels/av-" in manifest
+    script = textwrap.dedent(f"""
+        import os
+        os.environ["BLENDER_USER_RESOURCES"] = {str(tmp_path / "user")!r}
+        import bpy
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.extensions.package_install_files(filepath={str(zip_path)!r}, repo="user_default",
+                                                 enable_on_install=True)
+        assert "bl_ext.user_default.equi360" in bpy.context.preferences.addons
+        assert hasattr(bpy.ops.equi360, "convert")
+        print("INSTALLED")
+    """)
+    proc = run("-c", script)
+    assert proc.returncode == 0 and "INSTALLED" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
