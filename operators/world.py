@@ -23,16 +23,23 @@ def load_world(scene, video_path: str, heading_deg: float = 0.0, frame_start: in
     ``heading_deg`` (from +X towards +Y)."""
     if not os.path.isfile(video_path):
         raise Equi360Error(f"{video_path}: no such video")
-    image = bpy.data.images.load(video_path, check_existing=True)
-    if image.source != "MOVIE" or image.frame_duration < 1 or image.size[0] == 0:
-        if image.users == 0:
+    wanted = os.path.realpath(video_path)
+    image = next((i for i in bpy.data.images if os.path.realpath(bpy.path.abspath(i.filepath)) == wanted), None)
+    if image is None:
+        image = bpy.data.images.load(video_path)
+        if image.source != "MOVIE" or image.frame_duration < 1 or image.size[0] == 0:
             bpy.data.images.remove(image)
-        raise Equi360Error(f"{video_path}: Blender cannot read it as a movie")
+            raise Equi360Error(f"{video_path}: Blender cannot read it as a movie")
     world = scene.world or bpy.data.worlds.new("Equi360 World")
     scene.world = world
     tree = compat.world_node_tree(world)
-    for node in [n for n in tree.nodes if n.name.startswith(NODE_PREFIX)]:
+    ours = [n for n in tree.nodes if n.name.startswith(NODE_PREFIX)]
+    replaced = {n.image for n in ours if n.type == "TEX_ENVIRONMENT" and n.image and n.image != image}
+    for node in ours:
         tree.nodes.remove(node)
+    for old in replaced:  # the previous video, unless something else still shows it
+        if old.users == 0:
+            bpy.data.images.remove(old)
     background = next((n for n in tree.nodes if n.type == "BACKGROUND"), None) or tree.nodes.new("ShaderNodeBackground")
     output = next((n for n in tree.nodes if n.type == "OUTPUT_WORLD"), None) or tree.nodes.new("ShaderNodeOutputWorld")
     if not background.outputs["Background"].links:

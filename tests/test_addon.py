@@ -209,3 +209,31 @@ def test_an_engine_error_or_crash_is_reported_with_its_code(tmp_path, clip, bpy_
     assert "[cuda_oom]" in oom and "low VRAM" in oom and same1
     assert "[crashed]" in crashed and "status 139" in crashed and "Segmentation fault" in crashed and same2
     assert result["running"] is False
+
+
+def test_check_engine_and_the_standalone_operators(tmp_path, clip, bpy_python):
+    """Check Engine fills the preferences' report; load_world plays any equirect video from the given
+    frame; add_strip finds the first free channel; the preview camera is panoramic at the camera."""
+    video = write_clip(tmp_path / "pano.mp4", 12, 256, 128, 24, lambda k: smooth_texture(256, 128, k))
+    result = blender(tmp_path, bpy_python=bpy_python, body=f"""
+        add_camera()
+        add_strip({str(clip)!r}, frame_start=5, channel=1)
+        scene.sequence_editor.strips.new_movie(name="busy", filepath={str(clip)!r}, channel=2, frame_start=1)
+        assert bpy.ops.equi360.check_engine() == {{"FINISHED"}}
+        state = scene.equi360
+        state.source_channel, state.source_start, state.heading_deg = 1, 5, -45.0
+        assert bpy.ops.equi360.load_world(filepath={str(video)!r}) == {{"FINISHED"}}
+        assert bpy.ops.equi360.load_world(filepath={str(video)!r}) == {{"FINISHED"}}  # again: replaces, no pile-up
+        assert bpy.ops.equi360.add_strip(filepath={str(video)!r}) == {{"FINISHED"}}
+        assert bpy.ops.equi360.add_preview_camera() == {{"FINISHED"}}
+        tree = scene.world.node_tree
+        env = [n for n in tree.nodes if n.type == "TEX_ENVIRONMENT"]
+        new = [s for s in scene.sequence_editor.strips_all if s.filepath == {str(video)!r}]
+        report(check=prefs.check_report, envs=len(env), images=len(bpy.data.images), names=[i.name for i in bpy.data.images],
+               frame_start=env[0].image_user.frame_start, frames=env[0].image_user.frame_duration,
+               strip=[new[0].channel, new[0].frame_final_start], cameras=len([o for o in scene.objects if o.type == "CAMERA"]))
+    """)
+    assert "GPU:" in result["check"] and "Missing:" in result["check"]
+    assert result["envs"] == 1 and result["images"] == 1, result["names"]
+    assert result["frames"] == 12 and result["frame_start"] == 5
+    assert result["strip"] == [3, 5] and result["cameras"] == 2
