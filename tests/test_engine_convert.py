@@ -6,29 +6,13 @@ import torch
 
 from engine.convert import (TRANSFORMER_PREFIX, connector_key_to_checkpoint, connectors_state_dict,
                             transformer_key_to_checkpoint, transformer_key_to_diffusers, transformer_state_dict)
-
-TINY_23 = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
-               attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
-               audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
-               num_layers=2, caption_channels=16, rope_type="split", rope_double_precision=False,
-               gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
-               use_prompt_embeddings=False, perturbed_attn=True)
-
-
-TINY_CONNECTORS = dict(caption_channels=16, text_proj_in_factor=3, video_connector_num_attention_heads=2,
-                       video_connector_attention_head_dim=8, video_connector_num_layers=1,
-                       video_connector_num_learnable_registers=8, video_gated_attn=True,
-                       audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=4,
-                       audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
-                       audio_gated_attn=True, rope_type="split", per_modality_projections=True,
-                       video_hidden_dim=16, audio_hidden_dim=8, proj_bias=True)
-
+from engine.tiny import CONNECTORS, TRANSFORMER
 
 @pytest.fixture(scope="module")
 def tiny_transformer():
     from diffusers import LTX2VideoTransformer3DModel
     torch.manual_seed(0)
-    return LTX2VideoTransformer3DModel(**TINY_23)
+    return LTX2VideoTransformer3DModel(**TRANSFORMER)
 
 
 def test_original_names_are_the_lightricks_ones(tiny_transformer):
@@ -48,7 +32,7 @@ def test_single_file_layout_converts_back_and_loads_strictly(tiny_transformer):
                 for k, v in tiny_transformer.state_dict().items()}
     original["vae.decoder.conv_in.weight"] = torch.zeros(1)  # other components are skipped
     with init_empty_weights():
-        rebuilt = LTX2VideoTransformer3DModel(**TINY_23)
+        rebuilt = LTX2VideoTransformer3DModel(**TRANSFORMER)
     rebuilt.load_state_dict(transformer_state_dict(original), strict=True, assign=True)
     for key, value in tiny_transformer.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
@@ -63,7 +47,7 @@ def test_connectors_split_from_the_checkpoint_and_load_strictly(tiny_transformer
     from accelerate import init_empty_weights
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     torch.manual_seed(1)
-    connectors = LTX2TextConnectors(**TINY_CONNECTORS)
+    connectors = LTX2TextConnectors(**CONNECTORS)
     checkpoint = {connector_key_to_checkpoint(k): v.clone() for k, v in connectors.state_dict().items()}
     assert "text_embedding_projection.video_aggregate_embed.weight" in checkpoint
     assert (TRANSFORMER_PREFIX + "video_embeddings_connector.transformer_1d_blocks.0.attn1.q_norm.weight"
@@ -71,7 +55,7 @@ def test_connectors_split_from_the_checkpoint_and_load_strictly(tiny_transformer
     checkpoint.update({TRANSFORMER_PREFIX + transformer_key_to_checkpoint(k): v
                        for k, v in tiny_transformer.state_dict().items()})
     with init_empty_weights():
-        rebuilt = LTX2TextConnectors(**TINY_CONNECTORS)
+        rebuilt = LTX2TextConnectors(**CONNECTORS)
     rebuilt.load_state_dict(connectors_state_dict(checkpoint), strict=True, assign=True)
     for key, value in connectors.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
