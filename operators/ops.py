@@ -16,6 +16,7 @@ from ..blender_equi360.engine_process import EngineProcess
 from ..blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
 from ..blender_equi360.reference import DEFAULT_FPS, round_up_frame_count
 from . import scene_read, world
+from .compat import sequencer_scene as scene_of  # 5.0: the Sequencer may edit another scene
 from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
 
 MAX_FRAMES = 121           # one model window (5 s at 24 fps)
@@ -45,7 +46,7 @@ def _new_job_dir(root: Path, name: str) -> Path:
 def prepare_job(context, operator) -> Path:
     """Read the strip and camera, build the masked reference into a new job folder, write job.json.
     Records the job in ``scene.equi360``. Raises Equi360Error with a message for the user."""
-    scene, prefs = context.scene, preferences(context)
+    scene, prefs = scene_of(context), preferences(context)
     strip = scene_read.active_movie_strip(scene)
     source = scene_read.read_strip(scene, strip)
     pose, warnings = scene_read.read_camera(scene, source)
@@ -77,7 +78,7 @@ def prepare_job(context, operator) -> Path:
 
 def show_result(context, video: str) -> None:
     """The engine's result as the world, a preview camera, and a strip above the source."""
-    scene, state = context.scene, context.scene.equi360
+    scene, state = scene_of(context), scene_of(context).equi360
     world.load_world(scene, video, state.heading_deg, state.source_start)
     world.add_preview_camera(scene)
     world.add_strip(scene, video, state.source_channel, state.source_start)
@@ -92,8 +93,8 @@ class EQUI360_OT_build_reference(bpy.types.Operator):
     def execute(self, context):
         try:
             job_dir = prepare_job(context, self)
-            state = context.scene.equi360
-            world.load_world(context.scene, str(job_dir / "reference.mkv"), state.heading_deg, state.source_start)
+            state = scene_of(context).equi360
+            world.load_world(scene_of(context), str(job_dir / "reference.mkv"), state.heading_deg, state.source_start)
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
@@ -112,7 +113,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return not context.scene.equi360.running
+        return not scene_of(context).equi360.running
 
     def _start(self, context) -> bool:
         prefs = preferences(context)
@@ -126,7 +127,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
             return False
-        state = context.scene.equi360
+        state = scene_of(context).equi360
         state.running, state.progress, state.status = True, 0.0, "starting the engine"
         return True
 
@@ -149,7 +150,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
 
     def modal(self, context, event):
         if event.type == "ESC":
-            context.scene.equi360.status = "cancelling…"
+            scene_of(context).equi360.status = "cancelling…"
             self._process.cancel()
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
@@ -166,10 +167,10 @@ class EQUI360_OT_convert(bpy.types.Operator):
     def cancel(self, context):  # Blender closing the operator (file load, quit): never leave the engine
         if self._process and not self._process.finished:
             self._process.kill()
-        context.scene.equi360.running = False
+        scene_of(context).equi360.running = False
 
     def _on_event(self, context, event: dict) -> None:
-        state = context.scene.equi360
+        state = scene_of(context).equi360
         kind = event["event"]
         if kind == "progress" and event.get("total"):
             state.progress = event["step"] / event["total"]
@@ -186,7 +187,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
             print(f"equi360: {event['message']}")
 
     def _finish(self, context, final: dict | None):
-        state = context.scene.equi360
+        state = scene_of(context).equi360
         state.running = False
         if final is None or final["event"] == "error":
             code = final["code"] if final else "crashed"
@@ -214,10 +215,10 @@ class EQUI360_OT_load_world(bpy.types.Operator):
     filepath: bpy.props.StringProperty(subtype="FILE_PATH", description="Equirect video (default: the job's result)")
 
     def execute(self, context):
-        state = context.scene.equi360
+        state = scene_of(context).equi360
         try:
             path = bpy.path.abspath(self.filepath) if self.filepath else _job_result(state.job_dir)
-            world.load_world(context.scene, path, state.heading_deg, state.source_start)
+            world.load_world(scene_of(context), path, state.heading_deg, state.source_start)
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
@@ -232,7 +233,7 @@ class EQUI360_OT_add_preview_camera(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            world.add_preview_camera(context.scene)
+            world.add_preview_camera(scene_of(context))
         except Equi360Error as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
@@ -248,10 +249,10 @@ class EQUI360_OT_add_strip(bpy.types.Operator):
     filepath: bpy.props.StringProperty(subtype="FILE_PATH")
 
     def execute(self, context):
-        state = context.scene.equi360
+        state = scene_of(context).equi360
         try:
             path = bpy.path.abspath(self.filepath) if self.filepath else _job_result(state.job_dir)
-            world.add_strip(context.scene, path, state.source_channel, state.source_start)
+            world.add_strip(scene_of(context), path, state.source_channel, state.source_start)
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}

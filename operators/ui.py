@@ -3,6 +3,8 @@
 
 import bpy
 
+from .compat import sequencer_scene as scene_of
+
 
 def _progress(layout, state):
     if state.running:
@@ -18,7 +20,7 @@ class EQUI360_PT_sequencer(bpy.types.Panel):
     bl_category = "Equi360"
 
     def draw(self, context):
-        layout, state = self.layout, context.scene.equi360
+        layout, state = self.layout, scene_of(context).equi360
         layout.operator("equi360.convert", icon="WORLD")
         layout.operator("equi360.build_reference", icon="IMAGE_REFERENCE")
         _progress(layout, state)
@@ -36,7 +38,7 @@ class EQUI360_PT_world(bpy.types.Panel):
     bl_context = "world"
 
     def draw(self, context):
-        layout, state = self.layout, context.scene.equi360
+        layout, state = self.layout, scene_of(context).equi360
         layout.prop(state, "job_dir")
         layout.prop(state, "heading_deg")
         _progress(layout, state)
