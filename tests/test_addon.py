@@ -53,6 +53,11 @@ def add_strip(path, frame_start=10, channel=2):
     editor.active_strip = strip
     return strip
 
+def add_color_strip():
+    editor = scene.sequence_editor_create()
+    span = {{"length": 10}} if bpy.app.version >= (5, 0, 0) else {{"frame_end": 11}}  # renamed in 5.0
+    editor.active_strip = editor.strips.new_effect(name="color", type="COLOR", channel=1, frame_start=1, **span)
+
 def counts():
     return {{"images": len(bpy.data.images), "worlds": len(bpy.data.worlds), "objects": len(bpy.data.objects),
             "strips": len(scene.sequence_editor.strips_all) if scene.sequence_editor else 0}}
@@ -159,6 +164,7 @@ def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, c
 
 @pytest.mark.parametrize("setup, words", [
     ("add_camera()", "no active strip"),
+    ("add_camera(); add_color_strip()", "select a movie strip"),
     ("add_camera(); s = add_strip(CLIP); s.filepath = '/no/such/clip.mp4'", "missing"),
     ("add_strip(CLIP)", "no camera"),
     ("add_camera(kind='ORTHO'); add_strip(CLIP)", "perspective camera"),
