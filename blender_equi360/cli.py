@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC, help="lossless codec")
     ref.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     ref.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sc = sub.add_parser("score", help="measure a 360° output: plate round trip, seam, poles, tone, flicker",
+                        description="Score a 360° output against its source clip and its job's reference.")
+    sc.add_argument("output", help="the 360° video to score")
+    sc.add_argument("--source", required=True, help="the flat clip the reference was built from")
+    sc.add_argument("--job", required=True, metavar="JOB_DIR", help="the job folder (job.json, the reference)")
+    sc.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -108,10 +114,17 @@ def _reference(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    from .score import format_report, score
+    report = score(args.output, args.source, args.job)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"reference": _reference}[args.command](args)
+        return {"reference": _reference, "score": _score}[args.command](args)
     except Equi360Error as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,11 +1,13 @@
 """Build the masked equirect *reference video* the VR-360 IC-LoRA expects from a flat clip.
 
-Streaming: each output frame is decoded, prefiltered (area downscale, by swscale), projected and
+Streaming: each output frame is decoded, prefiltered (swscale's bilinear downscale), projected and
 encoded before the next one is read, so memory does not depend on the clip's length.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -184,5 +186,54 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     elif settings.frames is not None and info.duration_s - settings.start_s > span_s + 0.5 / settings.fps:
         notes.append(f"trimmed: used {span_s:.2f} s from {settings.start_s:g} s of a "
                      f"{info.duration_s:.2f} s clip ({settings.frames} frames at {settings.fps:g} fps)")
-    return ReferenceResult(output, mask, info, settings, picture, window, plate_size, written, padded, notes,
-                           mapping.footprint_pixels / (settings.size.width * settings.size.height))
+    result = ReferenceResult(output, mask, info, settings, picture, window, plate_size, written, padded, notes,
+                             mapping.footprint_pixels / (settings.size.width * settings.size.height))
+    write_json_atomically(sidecar_path(output), result.to_dict())
+    return result
+
+
+def sidecar_path(video: Path) -> Path:
+    """Where the reference's placement is recorded (camera, picture box, window, plate size, timing),
+    so that its output can be scored against the source later: ``reference.json`` next to ``reference.mkv``."""
+    return Path(video).with_suffix(".json")
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A reference's sidecar, read back: everything needed to put a 360° output back on the source."""
+    source: Path
+    camera: Camera
+    picture: PictureBox
+    window: Window
+    plate_size: tuple[int, int]
+    fps: float
+    start_s: float
+    frames: int
+
+    @property
+    def crop(self) -> tuple[int, int, int, int]:
+        return int(self.window.x), int(self.window.y), int(self.window.width), int(self.window.height)
+
+
+def load_placement(reference_video) -> Placement:
+    path = sidecar_path(Path(reference_video))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        settings = data["settings"]
+        return Placement(Path(data["source"]["path"]), Camera(**settings["camera"]), PictureBox(**data["picture"]),
+                         Window(**data["window"]), tuple(data["plate_size"]), float(settings["fps"]),
+                         float(settings["start_s"]), int(data["frames_written"]))
+    except FileNotFoundError:
+        raise Equi360Error(f"{path}: no placement record next to the reference (build the reference again "
+                           "with this version)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise Equi360Error(f"{path}: damaged placement record ({err})") from None

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import luma as to_luma
+
 POLE_CAP_DEG = 15.0      # the caps measured by the pole metrics
 LATITUDE_BANDS = 6       # tone drift: bands of 30°
-
-
-def _luma(frame: np.ndarray) -> np.ndarray:
-    f = np.asarray(frame, dtype=np.float64)
-    return f @ np.array([0.2126, 0.7152, 0.0722]) if f.ndim == 3 else f
 
 
 def seam_ratio(frame: np.ndarray) -> float:
@@ -30,33 +27,33 @@ def seam_ratio(frame: np.ndarray) -> float:
 def pole_spread(frame: np.ndarray) -> dict:
     """Longitudinal spread (std over the row, in levels) of the top and bottom rows: a pole is one
     point, so a correct equirect's first and last rows are nearly constant."""
-    luma = _luma(frame)
-    return {"top": float(luma[0].std()), "bottom": float(luma[-1].std())}
+    y = to_luma(frame)
+    return {"top": float(y[0].std()), "bottom": float(y[-1].std())}
 
 
 def cap_discontinuity(frame: np.ndarray, cap_deg: float = POLE_CAP_DEG) -> dict:
     """How much the picture jumps across the boundary of each polar cap, relative to how much it changes
     between neighbouring rows elsewhere (1.0 = no visible ring, as :func:`seam_ratio`)."""
-    luma = _luma(frame)
-    h = luma.shape[0]
+    y = to_luma(frame)
+    h = y.shape[0]
     row = max(1, int(round(h * cap_deg / 180.0)))
-    typical = np.abs(np.diff(luma, axis=0)).mean()
+    typical = np.abs(np.diff(y, axis=0)).mean()
     if typical == 0:
         return {"top": 1.0, "bottom": 1.0}
-    top = np.abs(luma[row] - luma[row - 1]).mean() / typical
-    bottom = np.abs(luma[h - row] - luma[h - row - 1]).mean() / typical
+    top = np.abs(y[row] - y[row - 1]).mean() / typical
+    bottom = np.abs(y[h - row] - y[h - row - 1]).mean() / typical
     return {"top": float(top), "bottom": float(bottom)}
 
 
 def tone_drift(frame: np.ndarray, mask: np.ndarray, bands: int = LATITUDE_BANDS) -> list[dict]:
     """Per latitude band: mean luma of the generated region minus that of the plate in the same band
     (None where a band has no plate). Generated content that darkens away from the plate shows here."""
-    luma, generated = _luma(frame), np.asarray(mask) >= 128
-    h = luma.shape[0]
+    y, generated = to_luma(frame), np.asarray(mask) >= 128
+    h = y.shape[0]
     out = []
     for b in range(bands):
         rows = slice(h * b // bands, h * (b + 1) // bands)
-        gen, plate = luma[rows][generated[rows]], luma[rows][~generated[rows]]
+        gen, plate = y[rows][generated[rows]], y[rows][~generated[rows]]
         lat_top = 90.0 - 180.0 * b / bands
         out.append({"lat_deg": [lat_top - 180.0 / bands, lat_top],
                     "generated": float(gen.mean()) if gen.size else None,
@@ -71,9 +68,9 @@ def flicker(frames, mask: np.ndarray) -> float:
     plate = np.asarray(mask) < 128
     previous, total, count = None, 0.0, 0
     for frame in frames:
-        luma = _luma(frame)[plate]
+        y = to_luma(frame)[plate]
         if previous is not None:
-            total += float(np.abs(luma - previous).mean())
+            total += float(np.abs(y - previous).mean())
             count += 1
-        previous = luma
+        previous = y
     return total / count if count else 0.0
