@@ -29,6 +29,7 @@ import numpy as np
 from blender_equi360.job import Job, job_path, output_path
 from blender_equi360.video import PlaybackVideoWriter, atomic_outputs, probe, read_frames
 
+from . import seam
 from .models import component_configs, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
 from .weights import check_checkpoint, check_lora, check_text_encoder
@@ -224,10 +225,12 @@ def run_ltx(job_dir: Path, job: Job, channel: Channel) -> dict:
             _low_vram(pipe, device, dtype)
         pipe.vae.enable_tiling()
         pipe.set_progress_bar_config(disable=True)
+        roll = seam.LatentRoll(pipe.transformer, downscale)
 
         phases.begin("denoise", len(rec.sigmas))
 
         def on_step(_pipe, i, _t, kwargs):
+            roll.advance(i + 1)
             phases.step(i + 1)
             return {}
 
@@ -289,13 +292,13 @@ def _low_vram(pipe, device: str, dtype) -> None:
 
 def decode(vae, latents, device: str):
     """Latents (already denormalised) → uint8 video [F, H, W, 3] on the CPU, as the pipeline would decode
-    them with its default decode timestep of 0."""
+    them with its default decode timestep of 0, but wrapping around the canvas's width."""
     import torch
     latents = latents.to(device=device, dtype=vae.dtype)
     temb = torch.zeros(latents.shape[0], device=device, dtype=latents.dtype) if vae.config.timestep_conditioning \
         else None
     with torch.no_grad():
-        video = vae.decode(latents, temb, return_dict=False)[0]
+        video = seam.decode_wrapped(vae, latents, temb)
     video = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return video.permute(1, 2, 3, 0).cpu().numpy()
 
