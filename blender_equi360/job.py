@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import Equi360Error
+from .projection import CanvasSize
 
 JOB_FILE = "job.json"
 LOG_FILE = "engine.log"
@@ -47,6 +48,7 @@ class Job:
     seed: int = 0
     steps: int | None = None            # None: the preset's
     lora_strength: float = 1.0
+    delivery_size: str = "3840x1920"    # the delivered canvas; the plate is projected again at its density
     version: int = VERSION
 
     def __post_init__(self):
@@ -63,6 +65,15 @@ class Job:
                "steps must be an integer from 1 to 200")
         _check(isinstance(self.lora_strength, (int, float)) and 0.0 <= self.lora_strength <= 2.0,
                "lora_strength must be a number from 0 to 2")
+        _check(isinstance(self.delivery_size, str), "delivery_size must be text like 3840x1920")
+        try:
+            self.delivery_canvas
+        except Equi360Error as err:
+            raise Equi360Error(f"{JOB_FILE}: delivery_size: {err}") from None
+
+    @property
+    def delivery_canvas(self) -> CanvasSize:
+        return CanvasSize.parse(self.delivery_size)
 
     @property
     def full_prompt(self) -> str:

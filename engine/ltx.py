@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from blender_equi360.job import Job, job_path, output_path
-from blender_equi360.video import PlaybackVideoWriter, atomic_outputs, probe, read_frames
+from blender_equi360.job import Job, job_path
+from blender_equi360.video import probe, read_frames
 
 from . import seam
+from .deliver import deliver
 from .models import component_configs, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
 from .weights import check_checkpoint, check_lora, check_text_encoder
@@ -252,8 +253,9 @@ def run_ltx(job_dir: Path, job: Job, channel: Channel) -> dict:
         phases.begin("decode", 1)
         video = decode(pipe.vae, latents, device)
         phases.step(1)
-        out = output_path(job_dir, job)
-        write_video(out, video, fps, phases)
+        del pipe, latents
+        _free(device)
+        out = deliver(job_dir, job, video, channel)
     except torch.OutOfMemoryError:
         _free(device)
         raise EngineError("cuda_oom", f"CUDA ran out of memory while {phases.stage.replace('_', ' ')}: turn on "
@@ -301,15 +303,3 @@ def decode(vae, latents, device: str):
         video = seam.decode_wrapped(vae, latents, temb)
     video = ((video[0].float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return video.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def write_video(out: Path, video: np.ndarray, fps: Fraction, phases: _Phases) -> None:
-    phases.begin("write", len(video))
-    with atomic_outputs(out) as (tmp,):
-        writer = PlaybackVideoWriter(tmp, video.shape[2], video.shape[1], fps)
-        try:
-            for k, frame in enumerate(video, 1):
-                writer.write(frame)
-                phases.step(k)
-        finally:
-            writer.close()

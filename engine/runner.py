@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import os
 import time
-from fractions import Fraction
 from pathlib import Path
 
 from blender_equi360.errors import Equi360Error
 from blender_equi360.job import LOG_FILE, Job, job_path, load_job, output_path
 from blender_equi360.protocol import EXIT_CODES
-from blender_equi360.video import PlaybackVideoWriter, atomic_outputs, probe, read_frames
+from blender_equi360.video import probe, read_frames
 
 from . import draft, ltx
+from .deliver import deliver
 from .protocol_io import Channel, EngineError
 
 
@@ -43,20 +43,15 @@ def choose_backend(job: Job, channel: Channel) -> str:
 
 def run_draft(job_dir: Path, job: Job, channel: Channel) -> dict:
     reference, mask = job_path(job_dir, job.reference), job_path(job_dir, job.mask)
-    info = probe(reference)
-    total = info.frame_count
-    out = output_path(job_dir, job)
+    total = probe(reference).frame_count
     started = time.monotonic()
-    with atomic_outputs(out) as (tmp,):
-        writer = PlaybackVideoWriter(tmp, info.width, info.height, Fraction(info.fps), title=draft.DRAFT_TITLE)
-        try:
-            for k, (frame, matte) in enumerate(zip(read_frames(reference), read_frames(mask, "gray")), 1):
-                channel.check_cancel()
-                writer.write(draft.fill_frame(frame, matte))
-                channel.progress("draft", k, total, started)
-        finally:
-            writer.close()
-    return {"outputs": {"video": str(out)}, "peak_vram_gb": None}
+    frames = []
+    for k, (frame, matte) in enumerate(zip(read_frames(reference), read_frames(mask, "gray")), 1):
+        channel.check_cancel()
+        frames.append(draft.fill_frame(frame, matte))
+        channel.progress("draft", k, total, started)
+    return {"outputs": {"video": str(deliver(job_dir, job, frames, channel, draft.DRAFT_TITLE))},
+            "peak_vram_gb": None}
 
 
 def run(job_dir, channel: Channel) -> int:

@@ -49,9 +49,9 @@ def reference(tmp_path_factory):
 
 def make_job(folder, reference, models, **fields):
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("reference.mkv", "mask.mkv"):
+    for name in ("reference.mkv", "mask.mkv", "reference.json"):
         (folder / name).write_bytes((reference / name).read_bytes())
-    fields = {"backend": "ltx", "steps": 2, **fields}
+    fields = {"backend": "ltx", "steps": 2, "delivery_size": "256x128", **fields}
     save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models), **fields))
     return folder
 
@@ -184,13 +184,13 @@ def test_engine_run_generates_through_the_in_context_pipeline(tmp_path, referenc
     for e in events:
         if e["event"] == "progress" and (not stages or stages[-1] != e["stage"]):
             stages.append(e["stage"])
-    assert stages == ["encode_prompt", "load", "denoise", "decode", "write"]
+    assert stages == ["encode_prompt", "load", "denoise", "decode", "finish"]
     denoise = [e for e in events if e["event"] == "progress" and e["stage"] == "denoise"]
     assert [e["step"] for e in denoise] == [0, 1, 2] and denoise[-1]["total"] == 2
     done = events[-1]
     assert done["event"] == "done" and done["backend"] == "ltx" and done["draft"] is False
     info = probe(done["outputs"]["video"])
-    assert (info.width, info.height, info.frame_count, info.fps) == (128, 64, 9, 24)
+    assert (info.width, info.height, info.frame_count, info.fps) == (256, 128, 9, 24)
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     assert "engine.log" in {p.name for p in tmp_path.iterdir()}
 
@@ -251,7 +251,8 @@ def test_cancel_stops_within_one_denoising_step_and_writes_nothing(tmp_path, ref
     steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "denoise"]
     assert max(steps) <= cancelled_at + 1 < 60
     assert events[-1] == {"event": "error", "code": "cancelled", "message": events[-1]["message"]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.log", "job.json", "mask.mkv", "reference.mkv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.log", "job.json", "mask.mkv", "reference.json",
+                                                          "reference.mkv"]
 
 
 def _rewritten(models, path, keep):

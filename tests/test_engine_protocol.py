@@ -29,9 +29,9 @@ def reference(tmp_path_factory):
 
 @pytest.fixture
 def job_dir(tmp_path, reference):
-    for name in ("reference.mkv", "mask.mkv"):
+    for name in ("reference.mkv", "mask.mkv", "reference.json"):
         (tmp_path / name).write_bytes((reference / name).read_bytes())
-    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv", backend="draft"))
+    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
     return tmp_path
 
 
@@ -50,8 +50,9 @@ def test_draft_job_end_to_end(job_dir, reference):
     assert rc == 0, err
     kinds = [e["event"] for e in events]
     assert kinds[-1] == "done" and "error" not in kinds
-    steps = [e["step"] for e in events if e["event"] == "progress"]
-    assert steps == list(range(1, 50)) and all(e["total"] == 49 for e in events if e["event"] == "progress")
+    for stage in ("draft", "finish"):
+        progress = [e for e in events if e["event"] == "progress" and e["stage"] == stage]
+        assert [e["step"] for e in progress] == list(range(1, 50)) and all(e["total"] == 49 for e in progress)
     done = events[-1]
     assert done["backend"] == "draft" and done["draft"] is True
     result = done["outputs"]["video"]
@@ -68,8 +69,8 @@ def test_draft_job_end_to_end(job_dir, reference):
     inner = np.abs(np.diff(frames[10].astype(float), axis=1)).mean()
     assert seam <= 2 * inner + 1
     assert (job_dir / "engine.log").read_text().strip()
-    assert sorted(p.name for p in job_dir.iterdir()) == ["engine.log", "job.json", "mask.mkv", "reference.mkv",
-                                                          "result.mp4"]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["engine.log", "job.json", "mask.mkv", "reference.json",
+                                                          "reference.mkv", "result.mp4"]
 
 
 @pytest.mark.parametrize("how", ["stdin", "sigint"])
@@ -116,7 +117,7 @@ def test_every_failure_has_its_code_and_exit_status(job_dir, case, code):
 
 
 def test_auto_falls_back_to_the_draft_with_a_warning(job_dir):
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="auto"))
+    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="auto", delivery_size="512x256"))
     rc, events, err = finish(engine("run", job_dir))
     assert rc == 0, err
     warnings = [e for e in events if e["event"] == "warning"]

@@ -1,0 +1,36 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The engine's last stage, shared by every backend: generated frames → the delivered video."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from blender_equi360.finish import finish
+from blender_equi360.job import Job, job_path, output_path
+from blender_equi360.reference import load_placement, sidecar_path
+from blender_equi360.video import probe, read_frames
+
+from .protocol_io import Channel, EngineError
+
+
+def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None = None) -> Path:
+    """The generated frames (at the model's canvas) → the delivered video: tone-matched to the plate,
+    at the job's delivery size, with the plate projected again from the source (``finish``)."""
+    reference = job_path(job_dir, job.reference)
+    placement = load_placement(reference)
+    if not placement.source.is_file():
+        raise EngineError("bad_input", f"the source clip {placement.source} (recorded in "
+                                       f"{sidecar_path(reference).name}) is missing: the plate is laid back "
+                                       "from it; put it back or rebuild the reference")
+    mask = next(read_frames(job_path(job_dir, job.mask), "gray"))
+    out = output_path(job_dir, job)
+    started = time.monotonic()
+
+    def progress(k, total):
+        channel.progress("finish", k, total, started)
+        channel.check_cancel()
+    finish(frames, placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
+           Fraction(probe(reference).fps), title=title, progress=progress)
+    return out

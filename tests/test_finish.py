@@ -1,0 +1,64 @@
+"""The finishing stage: the tone fit recovers a known tone change over a clip, the plate's blend band
+stays inside the plate and wraps across the seam, and the delivered plate is sharper than the model's."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
+from blender_equi360.finish import Tone, finish, fit_tone, plate_alpha
+from blender_equi360.job import Job, save_job
+from blender_equi360.reference import load_placement
+from blender_equi360.score import score
+from blender_equi360.video import probe, read_frames
+from conftest import smooth_texture, write_clip
+
+
+def test_the_tone_fit_recovers_gain_and_offset_over_the_whole_clip():
+    rng = np.random.default_rng(0)
+    plates = [rng.integers(30, 220, (64, 128, 3)).astype(np.uint8) for _ in range(4)]
+    known = np.zeros((64, 128), bool)
+    known[20:44, 40:88] = True
+    gain, offset = np.array([0.9, 1.1, 0.8]), np.array([10.0, -5.0, 20.0])
+    generated = [((p - offset) / gain).clip(0, 255) for p in plates]
+    tone = fit_tone((g, p, known) for g, p in zip(generated, plates))
+    assert tone.gain == pytest.approx(gain, abs=0.02) and tone.offset == pytest.approx(offset, abs=2)
+    assert np.abs(tone.apply(generated[0])[known] - plates[0][known]).mean() < 1.5
+    assert fit_tone([]).gain.tolist() == Tone.identity().gain.tolist()
+
+
+def test_the_blend_band_is_inside_the_plate_and_wraps_across_the_seam():
+    mask = np.full((64, 128), 255, np.uint8)
+    mask[20:44, :10] = 0
+    mask[20:44, -10:] = 0  # a plate straddling the seam
+    alpha = plate_alpha(mask, feather_px=4)
+    assert alpha[mask == 255].max() == 0
+    assert alpha[32, 0] == pytest.approx(alpha[32, -1], abs=1e-6) and alpha[32, 0] == pytest.approx(1.0)
+    assert 0 < alpha[20, 5] < 1 and alpha[32, 9] < 1  # the band: just inside the edge
+
+
+def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", 9, 640, 268, 24, lambda k: smooth_texture(640, 268, k / 5, min_period=12))
+    build_reference(clip, tmp_path / "reference.mkv", tmp_path / "mask.mkv",
+                    ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=9))
+    generated = [f for f in read_frames(tmp_path / "reference.mkv")]  # a "model" that returns its input
+    mask = next(read_frames(tmp_path / "mask.mkv", "gray"))
+    placement = load_placement(tmp_path / "reference.mkv")
+    out = tmp_path / "result.mp4"
+    finish(generated, clip, placement, read_frames(tmp_path / "reference.mkv"), mask, out, CanvasSize(1024, 512),
+           Fraction(24))
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count) == (1024, 512, 9)
+    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv"))
+    delivered = score(out, clip, tmp_path)["plate"]
+    # The same frames only upscaled, without the plate laid back from the source:
+    from blender_equi360.finish import resize
+    from blender_equi360.video import PlaybackVideoWriter
+    writer = PlaybackVideoWriter(tmp_path / "upscaled.mp4", 1024, 512, Fraction(24))
+    for frame in generated:
+        writer.write(resize(frame, 1024, 512))
+    writer.close()
+    upscaled = score(tmp_path / "upscaled.mp4", clip, tmp_path)["plate"]
+    assert delivered["psnr_db_min"] > upscaled["psnr_db_min"] + 3, (delivered, upscaled)
+    assert delivered["ssim_min"] > upscaled["ssim_min"] + 0.05
