@@ -69,7 +69,7 @@ def prepare_job(context, operator) -> Path:
     models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
                            for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
     save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
-                          low_vram=prefs.low_vram, models=models))
+                          low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size))
     state = scene.equi360
     state.job_dir, state.heading_deg = str(job_dir), pose.heading_deg
     state.source_channel, state.source_start = source.channel, source.timeline_start

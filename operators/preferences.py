@@ -39,6 +39,11 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         ("quality", "Quality", "Dev model, 30 guided steps"),
         ("fast", "Fast", "Distilled LoRA, 8 unguided steps")))
     low_vram: BoolProperty(name="Low VRAM", description="fp8 weights streamed to the GPU, for 24 GB cards")
+    delivery_size: EnumProperty(name="Delivery", default="3840x1920", items=(
+        ("1920x960", "1920×960", "The model's own canvas"),
+        ("2560x1280", "2560×1280", ""),
+        ("3840x1920", "3840×1920 (4K)", "The usual 360° delivery; the plate is laid back at this density"),
+        ("4096x2048", "4096×2048", "The largest H.264 hardware decoders take")))
     output_dir: StringProperty(name="Output folder", subtype="DIR_PATH",
                                description="Where job folders go (default: the extension's user folder)")
     check_report: StringProperty(name="Engine check", default="")
@@ -52,6 +57,7 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         row.prop(self, "backend")
         row.prop(self, "preset")
         row.prop(self, "low_vram")
+        layout.prop(self, "delivery_size")
         layout.prop(self, "output_dir")
         layout.operator("equi360.check_engine", icon="CHECKMARK")
         for line in self.check_report.splitlines():

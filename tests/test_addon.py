@@ -24,6 +24,7 @@ addon_utils.enable("bl_ext.test_repo.equi360", default_set=True, handle_error=No
 prefs = bpy.context.preferences.addons["bl_ext.test_repo.equi360"].preferences
 prefs.engine_python = {python!r}
 prefs.backend = "draft"
+prefs.delivery_size = "1920x960"
 prefs.output_dir = {jobs!r}
 scene = bpy.context.scene
 scene.render.resolution_x, scene.render.resolution_y = 1912, 800
