@@ -24,7 +24,7 @@ def mean_abs_error(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None
 def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """Structural similarity of two images' luma (Wang et al. 2004: Gaussian window σ 1.5, K1 0.01,
     K2 0.03), averaged over the image away from its border."""
-    x, y = luma(a), luma(b)
+    x, y = luma(a).astype(np.float64), luma(b).astype(np.float64)
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     mu_x, mu_y = _gaussian(x), _gaussian(y)
     var_x = _gaussian(x * x) - mu_x ** 2
@@ -35,13 +35,18 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 
 def luma(image: np.ndarray) -> np.ndarray:
-    f = np.asarray(image, dtype=np.float64)
-    return f @ np.array([0.2126, 0.7152, 0.0722]) if f.ndim == 3 else f
+    """Rec. 709 luma as float32; a 2-D array is taken as luma already."""
+    f = np.asarray(image, dtype=np.float32)
+    return f @ np.array([0.2126, 0.7152, 0.0722], np.float32) if f.ndim == 3 else f
 
 
 def _gaussian(image: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:
     t = np.arange(-radius, radius + 1)
     kernel = np.exp(-t * t / (2 * sigma * sigma))
     kernel /= kernel.sum()
-    out = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, image)
-    return np.apply_along_axis(lambda c: np.convolve(c, kernel, mode="same"), 0, out)
+    out = image
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(kernel))
+    return out

@@ -17,7 +17,7 @@ import numpy as np
 from . import sphere_metrics
 from .errors import Equi360Error
 from .job import job_path, load_job
-from .metrics import psnr, ssim
+from .metrics import luma, psnr, ssim
 from .projection import CanvasSize, equirect_to_perspective, prefiltered_plate_size
 from .reference import load_placement
 from .video import decode_plates, probe, read_frames
@@ -43,6 +43,7 @@ def score(output, source, job_dir) -> dict:
     inner = (slice(margin, plate_h - margin), slice(margin, plate_w - margin))
 
     psnrs, ssims, seams, spreads, rings, drifts = [], [], [], [], [], []
+    flicker = sphere_metrics.Flicker(mask)
     plates = decode_plates(info_src, placement.picture, placement.crop, (plate_w, plate_h), placement.fps,
                            placement.start_s, placement.frames)
     for frame, (_, plate_bgra, _) in zip(read_frames(output), plates):
@@ -50,11 +51,12 @@ def score(output, source, job_dir) -> dict:
         plate = plate_bgra[..., 2::-1]
         psnrs.append(psnr(back[inner], plate[inner]))
         ssims.append(ssim(back[inner], plate[inner]))
-        seams.append(sphere_metrics.seam_ratio(frame))
-        spreads.append(sphere_metrics.pole_spread(frame))
-        rings.append(sphere_metrics.cap_discontinuity(frame))
-        drifts.append(sphere_metrics.tone_drift(frame, mask))
-    flicker = sphere_metrics.flicker(read_frames(output), mask)
+        y = luma(frame)  # once per frame: the sphere measures all work on luma
+        seams.append(sphere_metrics.seam_ratio(y))
+        spreads.append(sphere_metrics.pole_spread(y))
+        rings.append(sphere_metrics.cap_discontinuity(y))
+        drifts.append(sphere_metrics.tone_drift(y, mask))
+        flicker.add(y)
     finite = [p for p in psnrs if math.isfinite(p)] or [99.0]
     report = {
         "output": str(output), "frames": len(psnrs),
@@ -64,7 +66,7 @@ def score(output, source, job_dir) -> dict:
         "poles": {side: {"row_spread": float(np.mean([s[side] for s in spreads])),
                          "cap_ring": float(np.mean([r[side] for r in rings]))} for side in ("top", "bottom")},
         "tone_drift": _mean_bands(drifts),
-        "plate_flicker": flicker,
+        "plate_flicker": flicker.value,
     }
     report["goals"] = {"seam_ratio_max": {"goal": GOALS["seam_ratio_max"], "met": report["seam_ratio"]["max"]
                                           <= GOALS["seam_ratio_max"]},

@@ -18,7 +18,7 @@ LATITUDE_BANDS = 6       # tone drift: bands of 30°
 def seam_ratio(frame: np.ndarray) -> float:
     """mean |last column − first column| / mean |column − next column| over the rest of the frame.
     1.0 is seamless (the edges differ as much as any neighbours); a visible seam is several times that."""
-    f = np.asarray(frame, dtype=np.float64)
+    f = np.asarray(frame, dtype=np.float32)
     seam = np.abs(f[:, -1] - f[:, 0]).mean()
     adjacent = np.abs(np.diff(f, axis=1)).mean()
     return float(seam / adjacent) if adjacent > 0 else (1.0 if seam == 0 else float("inf"))
@@ -62,15 +62,20 @@ def tone_drift(frame: np.ndarray, mask: np.ndarray, bands: int = LATITUDE_BANDS)
     return out
 
 
-def flicker(frames, mask: np.ndarray) -> float:
-    """Mean absolute frame-to-frame change inside the plate (levels); the plate's own motion counts too,
-    so compare against the source's value."""
-    plate = np.asarray(mask) < 128
-    previous, total, count = None, 0.0, 0
-    for frame in frames:
-        y = to_luma(frame)[plate]
-        if previous is not None:
-            total += float(np.abs(y - previous).mean())
-            count += 1
-        previous = y
-    return total / count if count else 0.0
+class Flicker:
+    """Mean absolute frame-to-frame change inside the plate (levels), fed one frame at a time; the
+    plate's own motion counts too, so compare against the source's value."""
+
+    def __init__(self, mask: np.ndarray):
+        self.plate = np.asarray(mask) < 128
+        self.previous, self.changes = None, []
+
+    def add(self, frame: np.ndarray) -> None:
+        inside = to_luma(frame)[self.plate]
+        if self.previous is not None:
+            self.changes.append(float(np.abs(inside - self.previous).mean()))
+        self.previous = inside
+
+    @property
+    def value(self) -> float:
+        return float(np.mean(self.changes)) if self.changes else 0.0
