@@ -3,7 +3,7 @@
 #   make demo-ltx  the same clip through the real LTX-2.3 code path on a tiny random-weight model (CPU)
 #   make test      run the whole test suite
 #   make extension the installable zips, one per platform, with PyAV's wheel (dist/)
-#   make bench     run the benchmarks (results: docs/BENCHMARKS.md); make bench-gpu on a CUDA machine
+#   make bench     run the benchmarks (results: docs/BENCHMARKS.md, docs/QUALITY.md); make bench-gpu on a CUDA machine
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -53,6 +53,7 @@ test: $(INSTALLED) $(LTS_INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) bench/reference.py
+	$(PY) bench/quality.py --write
 
 extension: $(INSTALLED)
 	$(PY) tools/build_extension.py
