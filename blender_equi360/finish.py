@@ -3,8 +3,9 @@
 1. **Tone.** Generated content comes back in a slightly different tone from the plate it was given. A
    gain and offset per channel are fitted where the plate is known, over the whole clip at once (one fit,
    so the correction cannot flicker), and applied to the whole generated picture.
-2. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
-3. **The plate stays the plate.** The plate is projected again from the source clip, at the delivery
+2. **Poles.** The top and bottom caps are repaired (:mod:`.poles`).
+3. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
+4. **The plate stays the plate.** The plate is projected again from the source clip, at the delivery
    canvas's own density (not through the model's 1920×960), and laid over the generated picture with an
    alpha that is 1 inside the plate and falls off over a band just inside its edge, blurred with
    wrap-around so it crosses the seam correctly.
@@ -22,6 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .poles import PoleRepair
 from .projection import CanvasSize, PlateMapping, prefiltered_plate_size
 from .reference import Placement
 from .video import PlaybackVideoWriter, atomic_outputs, decode_plates, probe
@@ -111,13 +113,16 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     feather_px = FEATHER_DEG / 360.0 * size.width
     alpha = plate_alpha(mapping.mask, feather_px)[..., None]
     total = len(generated)
+    height, width = model_mask.shape
+    poles = PoleRepair(CanvasSize(width, height))
     plates = decode_plates(probe(source), placement.picture, placement.crop, plate_size, placement.fps,
                            placement.start_s, total)
     with atomic_outputs(out) as (tmp,):
         writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, title=title)
         try:
             for k, (frame, (_, plate_bgra, _)) in enumerate(zip(generated, plates), 1):
-                canvas = resize(tone.apply(frame).round().astype(np.uint8), size.width, size.height)
+                toned = np.clip(tone.apply(frame) + 0.5, 0, 255).astype(np.uint8)
+                canvas = resize(poles.apply(toned), size.width, size.height)
                 projected = mapping.project(plate_bgra)[..., 2::-1]
                 delivered = canvas * (1 - alpha) + projected * alpha
                 writer.write(np.clip(delivered + 0.5, 0, 255).astype(np.uint8))
