@@ -2,7 +2,10 @@
 
 1. **Tone.** Generated content comes back in a slightly different tone from the plate it was given. A
    gain and offset per channel are fitted where the plate is known, over the whole clip at once (one fit,
-   so the correction cannot flicker), and applied to the whole generated picture.
+   so the correction cannot flicker), and applied to the whole generated picture. Then the drift: the
+   farther from the plate, the more the generated tone wanders. Per latitude band, the low-frequency
+   luma is fitted as a line in the angular distance from the plate; the sloped part (the drift) is divided
+   out by a smooth gain field, again one for the whole clip.
 2. **Poles.** The top and bottom caps are repaired (:mod:`.poles`).
 3. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
 4. **The plate stays the plate.** The plate is projected again from the source clip, at the delivery
@@ -23,6 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .metrics import luma as to_luma
 from .poles import PoleRepair
 from .projection import CanvasSize, PlateMapping, prefiltered_plate_size
 from .reference import Placement
@@ -31,6 +35,8 @@ from .video import PlaybackVideoWriter, atomic_outputs, decode_plates, probe
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
 TONE_SAMPLE_STRIDE = 3    # pixels sampled for the tone fit, in each direction
 TONE_GAIN_LIMITS = (0.7, 1.4)
+DRIFT_GRID = (32, 64)           # latitude bands × longitude cells of the drift fit
+DRIFT_GAIN_LIMITS = (0.8, 1.25)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,58 @@ def fit_tone(pairs) -> Tone:
     gain = np.clip(gain, *TONE_GAIN_LIMITS)
     offset = sy / n - gain * sx / n
     return Tone(gain, offset)
+
+
+def fit_drift(frames, known: np.ndarray) -> np.ndarray:
+    """A gain field (DRIFT_GRID, float32) that removes, per latitude band, the part of the generated
+    region's low-frequency luma that grows linearly with angular distance from the plate."""
+    rows, cols = DRIFT_GRID
+    total, count = np.zeros(DRIFT_GRID), 0
+    for frame in frames:
+        total += _cells(to_luma(frame), rows, cols)
+        count += 1
+    if count == 0 or not known.any():
+        return np.ones(DRIFT_GRID, np.float32)
+    lowpass = total / count
+    plate_cells = _cells(known.astype(np.float32), rows, cols) > 0.5
+    plate_cols = np.flatnonzero(plate_cells.any(axis=0))
+    if plate_cols.size == 0:
+        return np.ones(DRIFT_GRID, np.float32)
+    offsets = np.abs(np.arange(cols)[:, None] - plate_cols[None, :])
+    distance = np.minimum(offsets, cols - offsets).min(axis=1) * (360.0 / cols)  # degrees around the sphere
+    gain = np.ones(DRIFT_GRID)
+    for band in range(rows):
+        generated = ~plate_cells[band]
+        d, v = distance[generated], lowpass[band, generated]
+        if d.size < 4 or np.ptp(d) == 0:
+            continue
+        slope, intercept = np.polyfit(d, v, 1)
+        if intercept <= 1:
+            continue
+        model = intercept + slope * distance
+        gain[band] = np.where(generated, intercept / np.maximum(model, 1.0), 1.0)
+    return np.clip(gain, *DRIFT_GAIN_LIMITS).astype(np.float32)
+
+
+def _cells(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    h, w = image.shape
+    return image[: h - h % rows, : w - w % cols].reshape(rows, h // rows, cols, w // cols).mean(axis=(1, 3))
+
+
+def _gain_image(gain: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The drift gain field at full size: bilinear, wrapping in longitude."""
+    rows, cols = gain.shape
+    y = np.clip((np.arange(height) + 0.5) * rows / height - 0.5, 0, rows - 1)
+    x = (np.arange(width) + 0.5) * cols / width - 0.5
+    y0 = np.minimum(np.floor(y).astype(int), rows - 2) if rows > 1 else np.zeros(height, int)
+    fy = (y - y0)[:, None]
+    x0 = np.floor(x).astype(int)
+    fx = (x - x0)[None, :]
+    xa, xb = x0 % cols, (x0 + 1) % cols
+    y1 = np.minimum(y0 + 1, rows - 1)
+    top = gain[y0][:, xa] * (1 - fx) + gain[y0][:, xb] * fx
+    bottom = gain[y1][:, xa] * (1 - fx) + gain[y1][:, xb] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
 
 def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
@@ -108,6 +166,7 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     ``reference_frames`` (re-iterable, the job's reference) and ``model_mask`` drive the tone fit."""
     known = model_mask < 128
     tone = fit_tone((g, r, known) for g, r in zip(generated, reference_frames))
+    drift = _gain_image(fit_drift((tone.apply(g) for g in generated), known), *model_mask.shape[::-1])[..., None]
     plate_size = prefiltered_plate_size(placement.camera, placement.window, size)
     mapping = PlateMapping(placement.camera, placement.window, size, plate_size)
     feather_px = FEATHER_DEG / 360.0 * size.width
@@ -121,7 +180,7 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
         writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, title=title)
         try:
             for k, (frame, (_, plate_bgra, _)) in enumerate(zip(generated, plates), 1):
-                toned = np.clip(tone.apply(frame) + 0.5, 0, 255).astype(np.uint8)
+                toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
                 canvas = resize(poles.apply(toned), size.width, size.height)
                 projected = mapping.project(plate_bgra)[..., 2::-1]
                 delivered = canvas * (1 - alpha) + projected * alpha

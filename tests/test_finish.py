@@ -62,3 +62,23 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
     upscaled = score(tmp_path / "upscaled.mp4", clip, tmp_path)["plate"]
     assert delivered["psnr_db_min"] > upscaled["psnr_db_min"] + 3, (delivered, upscaled)
     assert delivered["ssim_min"] > upscaled["ssim_min"] + 0.05
+
+
+def test_drift_away_from_the_plate_is_removed_band_by_band():
+    from blender_equi360.finish import DRIFT_GRID, _gain_image, fit_drift
+    height, width = 128, 256
+    known = np.zeros((height, width), bool)
+    known[48:80, 96:160] = True
+    lon = (np.arange(width) + 0.5) / width * 360 - 180
+    distance = np.clip(np.abs(lon) - 45, 0, None)  # degrees from the plate's sides
+    texture = smooth_texture(width, height).astype(np.float32)
+    drifting = texture * (1 - 0.25 * distance / 135)[None, :, None]  # 25 % darker at the far side
+    frames = [drifting.clip(0, 255).astype(np.uint8)] * 3
+    gain = fit_drift(frames, known)
+    assert gain.shape == DRIFT_GRID
+    corrected = (frames[0] * _gain_image(gain, width, height)[..., None]).clip(0, 255)
+    far = (slice(None), slice(0, 40))  # the far side, opposite the plate
+    assert corrected[far].mean() > frames[0][far].mean() * 1.15
+    assert abs(corrected[far].mean() - texture[far].mean()) < 0.5 * abs(frames[0][far].mean() - texture[far].mean())
+    near = (slice(48, 80), slice(84, 96))  # just beside the plate: little drift, little change
+    assert abs(corrected[near].mean() - texture[near].mean()) <= abs(frames[0][near].mean() - texture[near].mean()) + 1
