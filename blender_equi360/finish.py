@@ -8,13 +8,13 @@
    out by a smooth gain field, again one for the whole clip.
 2. **Poles.** The top and bottom caps are repaired (:mod:`.poles`).
 3. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
-4. **The plate stays the plate.** The plate is projected again from the source clip, at the delivery
-   canvas's own density (not through the model's 1920×960), and laid over the generated picture with an
-   alpha that is 1 inside the plate and falls off over a band just inside its edge, blurred with
+4. **The plate stays the plate.** The plate is projected again from the source clip, at up to twice the
+   delivery canvas's density (never through the model's 1920×960), and laid over the generated picture
+   with an alpha that is 1 inside the plate and falls off over a band just inside its edge, blurred with
    wrap-around so it crosses the seam correctly.
 
-Frames stream through; only the small tone statistics are gathered in a first pass over the generated
-frames.
+The generated frames are held (they come from the model in one piece anyway); the tone and drift fits
+take a first pass over them, the delivery a second, streaming to the encoder.
 """
 
 from __future__ import annotations
@@ -167,7 +167,11 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     known = model_mask < 128
     tone = fit_tone((g, r, known) for g, r in zip(generated, reference_frames))
     drift = _gain_image(fit_drift((tone.apply(g) for g in generated), known), *model_mask.shape[::-1])[..., None]
-    plate_size = prefiltered_plate_size(placement.camera, placement.window, size)
+    # The source at up to twice the canvas's density (its native resolution when that is less): the
+    # canvas's bilinear taps then land on real detail instead of a second prefilter. Measured on the sample
+    # city at 3840x1920: plate round trip 38.3 dB at 1x, 40.2 dB at 2x (42.6 dB before the H.264 encode).
+    base_w, base_h = prefiltered_plate_size(placement.camera, placement.window, size)
+    plate_size = (min(int(placement.window.width), 2 * base_w), min(int(placement.window.height), 2 * base_h))
     mapping = PlateMapping(placement.camera, placement.window, size, plate_size)
     feather_px = FEATHER_DEG / 360.0 * size.width
     alpha = plate_alpha(mapping.mask, feather_px)[..., None]
