@@ -15,7 +15,7 @@ other edge too, and the padding is cropped off.
 from __future__ import annotations
 
 ROLL_PER_STEP = 0.25   # of the width: the edge lands on four different columns in turn
-DECODE_WRAP_LATENTS = 4  # columns of each edge decoded with the other (the decoder sees far: measured)
+DECODE_WRAP_LATENTS = 8  # latent columns of each edge decoded with the other (see decode_wrapped)
 
 
 def roll_tokens(tokens, grid: tuple[int, int, int], shift: int, reference_factor: int = 1):
@@ -85,7 +85,11 @@ class LatentRoll:
 
 def decode_wrapped(vae, latents, temb, pad: int = DECODE_WRAP_LATENTS):
     """Decode ``[B, C, F, H, W]`` latents with ``pad`` columns of the other edge on each side, so the
-    decoder's receptive field wraps; returns the decoded video without the padding."""
+    decoder's receptive field wraps; returns the decoded video without the padding.
+
+    How far the LTX-2.3 decoder sees, measured on the full-size decoder (random weights) as how far
+    decoding is from commuting with a one-column roll: mean error 3e-3 with 4 columns of padding, 3e-5
+    with 8, 0 with 12 (outputs in [-1, 1])."""
     import torch
 
     pad = min(pad, latents.shape[-1])
