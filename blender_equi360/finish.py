@@ -8,8 +8,8 @@
    out by a smooth gain field, again one for the whole clip.
 2. **Poles.** The top and bottom caps are repaired (:mod:`.poles`).
 3. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
-4. **The plate stays the plate.** The plate is projected again from the source clip, at up to twice the
-   delivery canvas's density (never through the model's 1920×960), and laid over the generated picture
+4. **The plate stays the plate.** The plate is projected again from the source clip, supersampled 2×2
+   per delivered pixel (never through the model's 1920×960), and laid over the generated picture
    with an alpha that is 1 inside the plate and falls off over a band just inside its edge, blurred with
    wrap-around so it crosses the seam correctly.
 
@@ -33,7 +33,7 @@ from .reference import Placement
 from .video import PlaybackVideoWriter, atomic_outputs, decode_plates, probe
 
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
-SUPERSAMPLE = 2           # the plate's density relative to the canvas's (see finish())
+SUPERSAMPLE = 2           # plate samples per delivered pixel, in each direction (SupersampledPlate)
 TONE_SAMPLE_STRIDE = 3    # pixels sampled for the tone fit, in each direction
 TONE_GAIN_LIMITS = (0.7, 1.4)
 DRIFT_GRID = (32, 64)           # latitude bands × longitude cells of the drift fit
@@ -173,6 +173,39 @@ def resize_equirect(frame: np.ndarray, width: int, height: int, wrap: int = 8) -
     return resize(padded, out_w, height)[:, margin:margin + width]
 
 
+class SupersampledPlate:
+    """The plate projected onto a canvas ``SUPERSAMPLE`` times finer than the delivery canvas, from the
+    source at that density (its native resolution when that is less), then averaged down: each delivered
+    pixel is the mean of SUPERSAMPLE² bilinear samples, a box prefilter that keeps the plate's detail
+    without aliasing. Only the rows the plate covers are worked on.
+
+    Measured (plate round trip, Catmull-Rom reprojection): sample city at 3840x1920, 1x density 38.3 dB
+    (bilinear measure), 2x point-sampled 40.8 dB, 2x box 41.1 dB; a synthetic clip with near-Nyquist
+    detail, 2x point-sampled 37.6 dB (aliasing), 2x box higher."""
+
+    def __init__(self, placement: Placement, size: CanvasSize, factor: int = SUPERSAMPLE):
+        self.factor = factor
+        fine = CanvasSize(size.width * factor, size.height * factor)
+        self.plate_size = prefiltered_plate_size(placement.camera, placement.window, fine)
+        self.mapping = PlateMapping(placement.camera, placement.window, fine, self.plate_size)
+        covered = np.flatnonzero((self.mapping.mask < 255).any(axis=1))
+        first, end = covered[0] // factor, -(-(covered[-1] + 1) // factor)
+        self.rows = slice(first, end)
+        self._fine_rows = slice(first * factor, end * factor)
+        band = self._down(self.mapping.mask[self._fine_rows].astype(np.float32))
+        self.mask = np.pad(band, ((first, size.height - end), (0, 0)), constant_values=255).astype(np.uint8)
+
+    def _down(self, image: np.ndarray) -> np.ndarray:
+        f = self.factor
+        h, w = image.shape[:2]
+        return image.reshape(h // f, f, w // f, f, *image.shape[2:]).mean(axis=(1, 3))
+
+    def project(self, plate_bgra: np.ndarray) -> np.ndarray:
+        """The plate's rows of the delivery canvas, RGB float32."""
+        fine = self.mapping.project(plate_bgra)[self._fine_rows, :, 2::-1]
+        return self._down(fine.astype(np.float32))
+
+
 def finish(generated, source: Path, placement: Placement, reference_frames, model_mask: np.ndarray,
            out: Path, size: CanvasSize, fps: Fraction, title: str | None = None, progress=None) -> None:
     """Write the delivered video ``out`` at ``size`` from ``generated`` (a sequence of (H, W, 3) uint8
@@ -182,19 +215,12 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     known = model_mask < 128
     tone = fit_tone((g, r, known) for g, r in zip(generated, reference_frames))
     drift = _gain_image(fit_drift((tone.apply(g) for g in generated), known), *model_mask.shape[::-1])[..., None]
-    # The source at up to twice the canvas's density (its native resolution when that is less): the
-    # canvas's bilinear taps then land on real detail instead of a second prefilter. Measured on the sample
-    # city at 3840x1920: plate round trip 38.3 dB at 1x, 40.2 dB at 2x (42.6 dB before the H.264 encode).
-    base_w, base_h = prefiltered_plate_size(placement.camera, placement.window, size)
-    plate_size = (min(int(placement.window.width), SUPERSAMPLE * base_w),
-                  min(int(placement.window.height), SUPERSAMPLE * base_h))
-    mapping = PlateMapping(placement.camera, placement.window, size, plate_size)
-    feather_px = FEATHER_DEG / 360.0 * size.width
-    alpha = plate_alpha(mapping.mask, feather_px)[..., None]
     total = len(generated)
     height, width = model_mask.shape
     poles = PoleRepair(CanvasSize(width, height))
-    plates = decode_plates(probe(source), placement.picture, placement.crop, plate_size, placement.fps,
+    plate = SupersampledPlate(placement, size)
+    alpha = plate_alpha(plate.mask, FEATHER_DEG / 360.0 * size.width)[plate.rows, :, None]
+    plates = decode_plates(probe(source), placement.picture, placement.crop, plate.plate_size, placement.fps,
                            placement.start_s, total)
     with atomic_outputs(out) as (tmp,):
         writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, title=title)
@@ -202,9 +228,9 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
             for k, (frame, (_, plate_bgra, _)) in enumerate(zip(generated, plates), 1):
                 toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
                 canvas = resize_equirect(poles.apply(toned), size.width, size.height)
-                projected = mapping.project(plate_bgra)[..., 2::-1]
-                delivered = canvas * (1 - alpha) + projected * alpha
-                writer.write(np.clip(delivered + 0.5, 0, 255).astype(np.uint8))
+                band = canvas[plate.rows].astype(np.float32)
+                canvas[plate.rows] = np.clip(band + (plate.project(plate_bgra) - band) * alpha + 0.5, 0, 255)
+                writer.write(canvas)
                 if progress:
                     progress(k, total)
         finally:
