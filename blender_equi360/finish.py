@@ -33,6 +33,9 @@ from .reference import Placement
 from .video import PlaybackVideoWriter, atomic_outputs, decode_plates, probe
 
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
+# H.264 quality of the delivery. Measured on a synthetic clip with near-Nyquist detail: the plate comes
+# back at 39.7 dB over the output with CRF 16, 41.6 with 12 (+45 % bytes), 42.3 with 10.
+DELIVERY_CRF = 12
 SUPERSAMPLE = 2           # plate samples per delivered pixel, in each direction (SupersampledPlate)
 TONE_SAMPLE_STRIDE = 3    # pixels sampled for the tone fit, in each direction
 TONE_GAIN_LIMITS = (0.7, 1.4)
@@ -223,7 +226,7 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     plates = decode_plates(probe(source), placement.picture, placement.crop, plate.plate_size, placement.fps,
                            placement.start_s, total)
     with atomic_outputs(out) as (tmp,):
-        writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, title=title)
+        writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, crf=DELIVERY_CRF, title=title)
         try:
             for k, (frame, (_, plate_bgra, _)) in enumerate(zip(generated, plates), 1):
                 toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
