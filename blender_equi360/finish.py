@@ -209,6 +209,18 @@ class SupersampledPlate:
         return self._down(fine.astype(np.float32))
 
 
+def _held(frames, count: int):
+    """``count`` items of ``frames``, holding the last one if it runs out (as the reference was padded)."""
+    produced, last = 0, None
+    for last in frames:
+        if produced == count:
+            return
+        yield last
+        produced += 1
+    for _ in range(count - produced):
+        yield last
+
+
 def finish(generated, source: Path, placement: Placement, reference_frames, model_mask: np.ndarray,
            out: Path, size: CanvasSize, fps: Fraction, title: str | None = None, progress=None) -> None:
     """Write the delivered video ``out`` at ``size`` from ``generated`` (a sequence of (H, W, 3) uint8
@@ -223,12 +235,13 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     poles = PoleRepair(CanvasSize(width, height))
     plate = SupersampledPlate(placement, size)
     alpha = plate_alpha(plate.mask, FEATHER_DEG / 360.0 * size.width)[plate.rows, :, None]
-    plates = decode_plates(probe(source), placement.picture, placement.crop, plate.plate_size, placement.fps,
-                           placement.start_s, total)
+    plates = _held((bgra for _, bgra, _ in decode_plates(probe(source), placement.picture, placement.crop,
+                                                         plate.plate_size, placement.fps, placement.start_s,
+                                                         total)), total)
     with atomic_outputs(out) as (tmp,):
         writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, crf=DELIVERY_CRF, title=title)
         try:
-            for k, (frame, (_, plate_bgra, _)) in enumerate(zip(generated, plates), 1):
+            for k, (frame, plate_bgra) in enumerate(zip(generated, plates), 1):
                 toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
                 canvas = resize_equirect(poles.apply(toned), size.width, size.height)
                 band = canvas[plate.rows].astype(np.float32)
