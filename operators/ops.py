@@ -2,8 +2,6 @@
 """The operators. ``equi360.convert`` runs the engine as a subprocess: modal with a timer when Blender
 has a UI (Esc cancels), blocking in background mode, where timers and modal handlers never run."""
 
-from __future__ import annotations
-
 import os
 import re
 import time
@@ -108,7 +106,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
     bl_label = "Convert to 360°"
     bl_options = {"REGISTER"}
 
-    _process: EngineProcess | None = None
+    _process = None  # the EngineProcess while running
     _timer = None
 
     @classmethod

@@ -1,8 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The add-on's preferences (the engine and its model files) and the per-scene state."""
 
-from __future__ import annotations
-
 import json
 import subprocess
 from pathlib import Path

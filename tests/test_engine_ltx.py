@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.job import Job, ModelFiles, save_job
 from blender_equi360.protocol import EXIT_CODES, parse_event
-from blender_equi360.video import probe, read_frames
+from blender_equi360.video import probe
 from conftest import ROOT, smooth_texture, write_clip
 from engine import ltx, tiny
 from engine.models import LTX23_CONFIGS, component_class, load_components

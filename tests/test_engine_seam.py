@@ -2,11 +2,10 @@
 undoes exactly; the engine's model sees a moving edge while its output stays in the canvas frame; the
 wrapped decode sees across the edge."""
 
-import pytest
 import torch
 from diffusers import LTX2InContextPipeline
 
-from engine import ltx, seam, tiny
+from engine import seam, tiny
 from test_engine_ltx import Captured, make_job, models, reference  # noqa: F401  (fixtures)
 
 
