@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--source", required=True, help="the flat clip the reference was built from")
     sc.add_argument("--job", required=True, metavar="JOB_DIR", help="the job folder (job.json, the reference)")
     sc.add_argument("--json", action="store_true", help="print the report as JSON")
+    bt = sub.add_parser("batch", help="run job folders through the engine, one after the other",
+                        description="Run each job folder through the engine; finished jobs are skipped, so "
+                                    "running the same batch again continues where it stopped.")
+    bt.add_argument("job_dirs", nargs="+", metavar="JOB_DIR")
+    bt.add_argument("--python", default=sys.executable,
+                    help="the engine's Python (default: this one)")
     return parser
 
 
@@ -121,10 +127,21 @@ def _score(args) -> int:
     return 0
 
 
+def _batch(args) -> int:
+    from .batch import run_batch
+    outcomes = run_batch(args.job_dirs, args.python, log=lambda line: print(line, flush=True))
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
+    print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+          f"{', cancelled' if any(o.status == 'cancelled' for o in outcomes) else ''}")
+    if any(o.status == "cancelled" for o in outcomes):
+        return EXIT_INTERRUPTED
+    return 1 if counts["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"reference": _reference, "score": _score}[args.command](args)
+        return {"reference": _reference, "score": _score, "batch": _batch}[args.command](args)
     except Equi360Error as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
