@@ -13,7 +13,7 @@ from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build
 from ..blender_equi360.engine_process import EngineProcess
 from ..blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
 from ..blender_equi360.reference import DEFAULT_FPS, round_up_frame_count
-from . import scene_read, world
+from . import compat, scene_read, world
 from .compat import sequencer_scene as scene_of  # 5.0: the Sequencer may edit another scene
 from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
 
@@ -41,11 +41,19 @@ def _new_job_dir(root: Path, name: str) -> Path:
     raise OSError(f"{root}: could not make a new job folder")
 
 
-def prepare_job(context, operator) -> Path:
+def strips_to_convert(scene) -> list:
+    """The selected movie strips, in timeline order; without a selection, the active strip."""
+    editor = scene.sequence_editor
+    selected = [s for s in compat.strips(editor, everything=True) if s.select and s.type == "MOVIE"] if editor else []
+    if selected:
+        return sorted(selected, key=lambda s: (compat.strip_start(s), s.channel))
+    return [scene_read.active_movie_strip(scene)]
+
+
+def prepare_job(context, operator, strip) -> Path:
     """Read the strip and camera, build the masked reference into a new job folder, write job.json.
     Records the job in ``scene.equi360``. Raises Equi360Error with a message for the user."""
     scene, prefs = scene_of(context), preferences(context)
-    strip = scene_read.active_movie_strip(scene)
     source = scene_read.read_strip(scene, strip)
     pose, warnings = scene_read.read_camera(scene, source)
     for warning in warnings:
@@ -90,7 +98,7 @@ class EQUI360_OT_build_reference(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            job_dir = prepare_job(context, self)
+            job_dir = prepare_job(context, self, scene_read.active_movie_strip(scene_of(context)))
             state = scene_of(context).equi360
             world.load_world(scene_of(context), str(job_dir / "reference.mkv"), state.heading_deg, state.source_start)
         except (Equi360Error, OSError) as err:
@@ -101,44 +109,64 @@ class EQUI360_OT_build_reference(bpy.types.Operator):
 
 
 class EQUI360_OT_convert(bpy.types.Operator):
-    """Convert the active movie strip to a 360° video with the engine"""
+    """Convert the selected movie strips (or the active one) to 360° videos with the engine, one after
+    the other"""
     bl_idname = "equi360.convert"
     bl_label = "Convert to 360°"
     bl_options = {"REGISTER"}
 
     _process = None  # the EngineProcess while running
     _timer = None
+    _queue = ()      # names of the strips still to convert
+    _failed = False
 
     @classmethod
     def poll(cls, context):
         return not scene_of(context).equi360.running
 
-    def _start(self, context) -> bool:
-        prefs = preferences(context)
-        if not prefs.engine_python:
+    def _queue_strips(self, context) -> bool:
+        if not preferences(context).engine_python:
             self.report({"ERROR"}, "the engine is not configured: set the engine's Python in the add-on preferences")
             return False
         try:
-            job_dir = prepare_job(context, self)
-            self._process = EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        except (Equi360Error, OSError) as err:
+            self._queue = [s.name for s in strips_to_convert(scene_of(context))]
+        except Equi360Error as err:
             self.report({"ERROR"}, str(err))
             return False
-        state = scene_of(context).equi360
-        state.running, state.progress, state.status = True, 0.0, "starting the engine"
         return True
 
-    def execute(self, context):  # background mode and scripts: block until the engine ends
-        if not self._start(context):
+    def _start_next(self, context) -> bool:
+        """Prepare and start the next strip's job; False when the queue is empty or the strip failed."""
+        scene, prefs = scene_of(context), preferences(context)
+        while self._queue:
+            name, self._queue = self._queue[0], self._queue[1:]
+            try:
+                job_dir = prepare_job(context, self, compat.strips(scene.sequence_editor, everything=True)[name])
+                self._process = EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
+                                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            except (Equi360Error, OSError) as err:
+                self.report({"ERROR"}, f"{name}: {err}")
+                self._failed = True
+                continue
+            state = scene.equi360
+            state.running, state.progress, state.status = True, 0.0, f"{name}: starting the engine"
+            return True
+        return False
+
+    def execute(self, context):  # background mode and scripts: block until the engines end
+        if not self._queue_strips(context):
             return {"CANCELLED"}
-        final = self._process.wait(lambda event: self._on_event(context, event))
-        return self._finish(context, final)
+        while self._start_next(context):
+            final = self._process.wait(lambda event: self._on_event(context, event))
+            self._finish(context, final)
+            if final and final.get("code") == "cancelled":
+                break
+        return {"CANCELLED"} if self._failed else {"FINISHED"}
 
     def invoke(self, context, event):
         if bpy.app.background:
             return self.execute(context)
-        if not self._start(context):
+        if not (self._queue_strips(context) and self._start_next(context)):
             return {"CANCELLED"}
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_S, window=context.window)
@@ -156,11 +184,15 @@ class EQUI360_OT_convert(bpy.types.Operator):
             self._on_event(context, item)
         if not self._process.finished:
             return {"PASS_THROUGH"}
+        final = self._process.final_event
+        self._finish(context, final)
+        if not (final and final.get("code") == "cancelled") and self._start_next(context):
+            return {"PASS_THROUGH"}
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
         wm.progress_end()
         context.workspace.status_text_set(None)
-        return self._finish(context, self._process.final_event)
+        return {"CANCELLED"} if self._failed else {"FINISHED"}
 
     def cancel(self, context):  # Blender closing the operator (file load, quit): never leave the engine
         if self._process and not self._process.finished:
@@ -184,7 +216,8 @@ class EQUI360_OT_convert(bpy.types.Operator):
         elif kind == "log" and bpy.app.background:
             print(f"equi360: {event['message']}")
 
-    def _finish(self, context, final: dict | None):
+    def _finish(self, context, final: dict | None) -> None:
+        """One job ended: show its result, or report why not."""
         state = scene_of(context).equi360
         state.running = False
         if final is None or final["event"] == "error":
@@ -192,16 +225,17 @@ class EQUI360_OT_convert(bpy.types.Operator):
             message = final["message"] if final else "the engine ended without a result"
             state.status = f"[{code}] {message}"
             self.report({"WARNING"} if code == "cancelled" else {"ERROR"}, f"Equi360 [{code}]: {message}")
-            return {"CANCELLED"}
+            self._failed = True
+            return
         video = final["outputs"]["video"]
         try:
             show_result(context, video)
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
-            return {"CANCELLED"}
+            self._failed = True
+            return
         state.progress, state.status = 1.0, ("DRAFT " if final.get("draft") else "") + f"done: {video}"
         self.report({"INFO"}, f"360° video: {video}" + (" (a draft: no model was run)" if final.get("draft") else ""))
-        return {"FINISHED"}
 
 
 class EQUI360_OT_load_world(bpy.types.Operator):

@@ -249,3 +249,20 @@ def test_check_engine_and_the_standalone_operators(tmp_path, clip, bpy_python):
     assert result["frames"] == 12 and result["frame_start"] == 5
     assert result["strip"] == [3, 5] and result["cameras"] == 2
     assert result["engine"].startswith("BLENDER_EEVEE") and result["file_format"] == "FFMPEG"
+
+
+def test_convert_queues_the_selected_strips(tmp_path, clip, bpy_python):
+    result = blender(tmp_path, bpy_python=bpy_python, body=f"""
+        add_camera()
+        first = add_strip({str(clip)!r}, frame_start=1, channel=1)
+        second = add_strip({str(clip)!r}, frame_start=40, channel=1)
+        for strip in scene.sequence_editor.strips_all:
+            strip.select = True
+        status = bpy.ops.equi360.convert()
+        strips = sorted((s.channel, s.frame_final_start, os.path.basename(os.path.dirname(s.filepath)))
+                        for s in scene.sequence_editor.strips_all)
+        report(status=sorted(status), strips=strips, jobs=sorted(os.listdir({str(tmp_path / "jobs")!r})))
+    """)
+    assert result["status"] == ["FINISHED"] and len(result["jobs"]) == 2
+    results = [s for s in result["strips"] if s[0] == 2]
+    assert [s[1] for s in results] == [1, 40] and len({s[2] for s in results}) == 2
