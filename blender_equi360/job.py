@@ -49,6 +49,7 @@ class Job:
     steps: int | None = None            # None: the preset's
     lora_strength: float = 1.0
     delivery_size: str = "3840x1920"    # the delivered canvas; the plate is projected again at its density
+    output_frames: int | None = None    # frames delivered (the shown span); None: every frame from the clip
     version: int = VERSION
 
     def __post_init__(self):
@@ -66,6 +67,8 @@ class Job:
         _check(isinstance(self.lora_strength, (int, float)) and 0.0 <= self.lora_strength <= 2.0,
                "lora_strength must be a number from 0 to 2")
         _check(isinstance(self.delivery_size, str), "delivery_size must be text like 3840x1920")
+        _check(self.output_frames is None or (isinstance(self.output_frames, int) and self.output_frames >= 1),
+               "output_frames must be a positive whole number (or null for all)")
         try:
             self.delivery_canvas
         except Equi360Error as err:

@@ -217,7 +217,13 @@ class Placement:
     plate_size: tuple[int, int]
     fps: float
     start_s: float
-    frames: int
+    frames: int          # in the reference (8k+1)
+    padded: int          # of those, held copies of the clip's last frame
+
+    @property
+    def source_frames(self) -> int:
+        """The frames that come from the clip (the delivery keeps these, not the padding)."""
+        return self.frames - self.padded
 
     @property
     def crop(self) -> tuple[int, int, int, int]:
@@ -231,7 +237,7 @@ def load_placement(reference_video) -> Placement:
         settings = data["settings"]
         return Placement(Path(data["source"]["path"]), Camera(**settings["camera"]), PictureBox(**data["picture"]),
                          Window(**data["window"]), tuple(data["plate_size"]), float(settings["fps"]),
-                         float(settings["start_s"]), int(data["frames_written"]))
+                         float(settings["start_s"]), int(data["frames_written"]), int(data["padded_frames"]))
     except FileNotFoundError:
         raise Equi360Error(f"{path}: no placement record next to the reference (build the reference again "
                            "with this version)") from None

@@ -34,8 +34,9 @@ def score(output, source, job_dir) -> dict:
     placement = load_placement(job_path(job_dir, job.reference))
     mask = next(read_frames(job_path(job_dir, job.mask), "gray"))
     info_out, info_src = probe(output), probe(source)
-    if info_out.frame_count < placement.frames:
-        raise Equi360Error(f"{output}: {info_out.frame_count} frames, but the reference has {placement.frames}")
+    count = min(info_out.frame_count, placement.source_frames)
+    if count < 1:
+        raise Equi360Error(f"{output}: no frames to score")
     if (info_out.width, info_out.height) != (mask.shape[1], mask.shape[0]):
         mask = _resize_nearest(mask, info_out.width, info_out.height)
     # Compare at the plate density this output's canvas carries (the source prefiltered the same way).
@@ -47,7 +48,7 @@ def score(output, source, job_dir) -> dict:
     psnrs, ssims, seams, spreads, rings, drifts = [], [], [], [], [], []
     flicker = sphere_metrics.Flicker(mask)
     plates = decode_plates(info_src, placement.picture, placement.crop, (plate_w, plate_h), placement.fps,
-                           placement.start_s, placement.frames)
+                           placement.start_s, count)
     for frame, (_, plate_bgra, _) in zip(read_frames(output), plates):
         back = equirect_to_perspective(frame, (plate_w, plate_h), placement.camera, placement.window, cubic=True)
         plate = plate_bgra[..., 2::-1]

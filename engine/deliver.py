@@ -26,11 +26,13 @@ def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None
                                        "from it; put it back or rebuild the reference")
     mask = next(read_frames(job_path(job_dir, job.mask), "gray"))
     out = output_path(job_dir, job)
+    # The model needed 8k+1 frames; the delivery keeps those that come from the clip, and the span asked for.
+    count = min(len(frames), placement.source_frames, job.output_frames or len(frames))
     started = time.monotonic()
 
     def progress(k, total):
         channel.progress("finish", k, total, started)
         channel.check_cancel()
-    finish(frames, placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
+    finish(frames[:count], placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
            Fraction(probe(reference).fps), title=title, progress=progress)
     return out

@@ -62,7 +62,8 @@ def prepare_job(context, operator, strip) -> Path:
     if frames > MAX_FRAMES:
         operator.report({"WARNING"}, f"the strip shows {source.duration_s:.1f} s; this version converts the "
                                      f"first {MAX_FRAMES / DEFAULT_FPS:.0f} s")
-    frames = min(MAX_FRAMES, round_up_frame_count(max(frames, 1)))
+    shown = min(MAX_FRAMES, max(frames, 1))
+    frames = round_up_frame_count(shown)
     job_dir = _new_job_dir(_job_root(prefs), strip.name)
     try:
         build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv",
@@ -75,7 +76,8 @@ def prepare_job(context, operator, strip) -> Path:
     models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
                            for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
     save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
-                          low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size))
+                          low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size,
+                          output_frames=shown))
     state = scene.equi360
     state.job_dir, state.heading_deg = str(job_dir), pose.heading_deg
     state.source_channel, state.source_start = source.channel, source.timeline_start

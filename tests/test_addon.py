@@ -111,7 +111,8 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
         env = next(n for n in tree.nodes if n.type == "TEX_ENVIRONMENT")
         mapping = next(n for n in tree.nodes if n.type == "MAPPING")
         preview = bpy.data.objects["Equi360 Preview"]
-        strips = sorted((s.channel, s.frame_final_start, s.name, s.filepath) for s in scene.sequence_editor.strips_all)
+        strips = sorted((s.channel, s.frame_final_start, s.name, s.filepath, s.frame_final_duration)
+                        for s in scene.sequence_editor.strips_all)
         report(status=sorted(status), job_dir=state.job_dir, heading=state.heading_deg, image=env.image.filepath,
                source=env.image.source, frame_start=env.image_user.frame_start,
                rotation=list(mapping.inputs["Rotation"].default_value), pano=[preview.data.type, preview.data.panorama_type],
@@ -127,6 +128,7 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
     assert result["pano"] == ["PANO", "EQUIRECTANGULAR"] and result["preview_location"] == pytest.approx([1, 2, 1.5])
     assert result["strips"][0][:2] == (2, 10) or result["strips"][0][:2] == [2, 10]
     assert result["strips"][1][:2] in ([3, 10], (3, 10)) and result["strips"][1][3] == video
+    assert result["strips"][1][4] == result["strips"][0][4] == 24  # as long as the source strip
     assert result["status_text"].startswith("DRAFT done")
 
 

@@ -115,6 +115,8 @@ def test_the_engine_meets_the_quality_goals_on_the_rendered_city(oracle, backend
                            delivery_size="2048x1024", models=ModelFiles(**models)))
     rc, events, err = run_engine(tmp_path, env=CPU)
     assert rc == 0, err
+    from blender_equi360.video import probe
+    assert probe(tmp_path / "result.mp4").frame_count == FRAMES  # the clip's frames, not the padded 9
     report = score(tmp_path / "result.mp4", oracle["dir"] / "city_flat.mp4", tmp_path)
     assert report["plate"]["psnr_db_mean"] >= 40 and report["plate"]["psnr_db_min"] >= 40, report["plate"]
     if backend == "draft":

@@ -116,6 +116,14 @@ def test_every_failure_has_its_code_and_exit_status(job_dir, case, code):
     assert not (job_dir / "result.mp4").exists() and not (job_dir.parent / "escape.mp4").exists()
 
 
+def test_the_delivery_keeps_the_span_asked_for(job_dir):
+    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
+                          output_frames=20))
+    rc, events, err = finish(engine("run", job_dir))
+    assert rc == 0, err
+    assert probe(job_dir / "result.mp4").frame_count == 20
+
+
 def test_auto_falls_back_to_the_draft_with_a_warning(job_dir):
     save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="auto", delivery_size="512x256"))
     rc, events, err = finish(engine("run", job_dir))
