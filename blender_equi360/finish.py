@@ -28,7 +28,7 @@ import numpy as np
 
 from .metrics import luma as to_luma
 from .poles import PoleRepair
-from .projection import CanvasSize, PlateMapping, prefiltered_plate_size
+from .projection import CanvasSize, PlateMapping, box_blur, prefiltered_plate_size, sample_equirect
 from .reference import Placement
 from .video import PlaybackVideoWriter, atomic_outputs, decode_plates, probe
 
@@ -113,19 +113,11 @@ def _cells(image: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def _gain_image(gain: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The drift gain field at full size: bilinear, wrapping in longitude."""
+    """The drift gain field at full size: bilinear, wrapping in longitude (it is a small equirect)."""
     rows, cols = gain.shape
-    y = np.clip((np.arange(height) + 0.5) * rows / height - 0.5, 0, rows - 1)
     x = (np.arange(width) + 0.5) * cols / width - 0.5
-    y0 = np.minimum(np.floor(y).astype(int), rows - 2) if rows > 1 else np.zeros(height, int)
-    fy = (y - y0)[:, None]
-    x0 = np.floor(x).astype(int)
-    fx = (x - x0)[None, :]
-    xa, xb = x0 % cols, (x0 + 1) % cols
-    y1 = np.minimum(y0 + 1, rows - 1)
-    top = gain[y0][:, xa] * (1 - fx) + gain[y0][:, xb] * fx
-    bottom = gain[y1][:, xa] * (1 - fx) + gain[y1][:, xb] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+    y = (np.arange(height) + 0.5) * rows / height - 0.5
+    return sample_equirect(gain, *np.meshgrid(x, y))
 
 
 def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
@@ -142,17 +134,7 @@ def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
                 if axis == 0:  # no wrap over the poles
                     (rolled[:shift] if sign > 0 else rolled[-shift:])[...] = 0
                 eroded = np.minimum(eroded, rolled)
-    return _box_blur_wrapped(eroded, radius)
-
-
-def _box_blur_wrapped(image: np.ndarray, radius: int) -> np.ndarray:
-    size = 2 * radius + 1
-    padded = np.concatenate([image[:, -radius:], image, image[:, :radius]], axis=1)
-    cumulative = np.cumsum(np.pad(padded, ((0, 0), (1, 0))), axis=1)
-    horizontal = (cumulative[:, size:] - cumulative[:, :-size]) / size
-    padded = np.pad(horizontal, ((radius, radius), (0, 0)), mode="edge")
-    cumulative = np.cumsum(np.pad(padded, ((1, 0), (0, 0))), axis=0)
-    return ((cumulative[size:] - cumulative[:-size]) / size).astype(np.float32)
+    return box_blur(eroded, radius, wrap_width=True)
 
 
 def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:

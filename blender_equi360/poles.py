@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .camera import Camera
-from .projection import CanvasSize, PlateMapping, Window, equirect_to_perspective
+from .projection import CanvasSize, PlateMapping, Window, box_blur, equirect_to_perspective
 
 CAP_DEG = 20.0          # the repaired cap reaches this far from the pole...
 BLEND_DEG = 8.0         # ...blending in over the outer part of it
@@ -49,7 +49,7 @@ class PoleRepair:
         out = frame.astype(np.float32)
         for side, camera in self.cameras.items():
             view = equirect_to_perspective(frame, (self.view_px, self.view_px), camera)
-            cleaned = view * (1 - self.clean) + _blur(view, max(2, self.view_px // 12)) * self.clean
+            cleaned = view * (1 - self.clean) + _blur_twice(view, max(2, self.view_px // 12)) * self.clean
             bgra = np.zeros((self.view_px, self.view_px, 4), np.uint8)
             bgra[..., :3] = np.clip(cleaned[..., ::-1] + 0.5, 0, 255).astype(np.uint8)
             projected = self.mappings[side].project(bgra)[..., 2::-1].astype(np.float32)
@@ -59,17 +59,6 @@ class PoleRepair:
         return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _blur(image: np.ndarray, radius: int) -> np.ndarray:
-    """A box blur applied twice (close to a Gaussian), edges clamped."""
-    out = image.astype(np.float32)
-    size = 2 * radius + 1
-    for _ in range(2):
-        for axis in (0, 1):
-            pad = [(radius, radius) if a == axis else (0, 0) for a in range(out.ndim)]
-            padded = np.pad(out, pad, mode="edge")
-            cumulative = np.cumsum(padded, axis=axis, dtype=np.float64)
-            cumulative = np.concatenate([np.zeros_like(np.take(cumulative, [0], axis=axis)), cumulative], axis=axis)
-            n = out.shape[axis]
-            out = ((np.take(cumulative, np.arange(size, size + n), axis=axis)
-                    - np.take(cumulative, np.arange(0, n), axis=axis)) / size).astype(np.float32)
-    return out
+def _blur_twice(image: np.ndarray, radius: int) -> np.ndarray:
+    """A box blur applied twice: close to a Gaussian."""
+    return box_blur(box_blur(image, radius), radius)

@@ -309,3 +309,19 @@ def _catmull_rom(t: np.ndarray) -> list[np.ndarray]:
     t = t.astype(np.float32)
     t2, t3 = t * t, t * t * t
     return [(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2]
+
+
+def box_blur(image: np.ndarray, radius: int, wrap_width: bool = False) -> np.ndarray:
+    """One separable box blur of (H, W) or (H, W, C) ``image`` over (2·radius+1)²; rows are edge-clamped,
+    columns too unless ``wrap_width`` (an equirect canvas, whose left and right edges meet). float32."""
+    out = np.asarray(image, dtype=np.float32)
+    size = 2 * radius + 1
+    for axis in (0, 1):
+        pad = [(radius, radius) if a == axis else (0, 0) for a in range(out.ndim)]
+        padded = np.pad(out, pad, mode="wrap" if axis == 1 and wrap_width else "edge")
+        cumulative = np.cumsum(padded, axis=axis, dtype=np.float64)
+        cumulative = np.concatenate([np.zeros_like(np.take(cumulative, [0], axis=axis)), cumulative], axis=axis)
+        n = out.shape[axis]
+        out = ((np.take(cumulative, np.arange(size, size + n), axis=axis)
+                - np.take(cumulative, np.arange(0, n), axis=axis)) / size).astype(np.float32)
+    return out

@@ -151,7 +151,7 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
 
     plate_size = prefiltered_plate_size(camera, window, settings.size)
     mapping = PlateMapping(camera, window, settings.size, plate_size, settings.feather_px)
-    fps = Fraction(settings.fps).limit_denominator(1001)
+    fps = frame_rate(settings.fps)
 
     total = settings.frames
     written = 0
@@ -192,6 +192,11 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     return result
 
 
+def frame_rate(fps: float) -> Fraction:
+    """A frame rate in frames per second as the exact fraction the videos carry (23.976 → 24000/1001)."""
+    return Fraction(fps).limit_denominator(1001)
+
+
 def sidecar_path(video: Path) -> Path:
     """Where the reference's placement is recorded (camera, picture box, window, plate size, timing),
     so that its output can be scored against the source later: ``reference.json`` next to ``reference.mkv``."""
@@ -224,6 +229,11 @@ class Placement:
     def source_frames(self) -> int:
         """The frames that come from the clip (the delivery keeps these, not the padding)."""
         return self.frames - self.padded
+
+    @property
+    def frame_rate(self) -> Fraction:
+        """The reference's frame rate, exactly as its video was written."""
+        return frame_rate(self.fps)
 
     @property
     def crop(self) -> tuple[int, int, int, int]:

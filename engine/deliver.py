@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import time
-from fractions import Fraction
 from pathlib import Path
 
 from blender_equi360.finish import finish
 from blender_equi360.job import Job, job_path, output_path
 from blender_equi360.reference import load_placement, sidecar_path
-from blender_equi360.video import probe, read_frames
+from blender_equi360.video import read_frames
 
 from .protocol_io import Channel, EngineError
 
@@ -34,5 +33,5 @@ def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None
         channel.progress("finish", k, total, started)
         channel.check_cancel()
     finish(frames[:count], placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
-           Fraction(probe(reference).fps), title=title, progress=progress)
+           placement.frame_rate, title=title, progress=progress)
     return out

@@ -4,6 +4,7 @@ has a UI (Esc cancels), blocking in background mode, where timers and modal hand
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -69,9 +70,7 @@ def prepare_job(context, operator, strip) -> Path:
         build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv",
                         ReferenceSettings(camera=pose.camera, size=CANVAS, frames=frames, start_s=source.start_s))
     except BaseException:
-        for path in job_dir.iterdir():
-            path.unlink()
-        job_dir.rmdir()
+        shutil.rmtree(job_dir, ignore_errors=True)
         raise
     models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
                            for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
@@ -251,7 +250,7 @@ class EQUI360_OT_load_world(bpy.types.Operator):
     def execute(self, context):
         state = scene_of(context).equi360
         try:
-            path = bpy.path.abspath(self.filepath) if self.filepath else _job_result(state.job_dir)
+            path = _chosen_video(self.filepath, state.job_dir)
             world.load_world(scene_of(context), path, state.heading_deg, state.source_start)
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
@@ -285,7 +284,7 @@ class EQUI360_OT_add_strip(bpy.types.Operator):
     def execute(self, context):
         state = scene_of(context).equi360
         try:
-            path = bpy.path.abspath(self.filepath) if self.filepath else _job_result(state.job_dir)
+            path = _chosen_video(self.filepath, state.job_dir)
             world.add_strip(scene_of(context), path, state.source_channel, state.source_start)
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
@@ -311,7 +310,10 @@ class EQUI360_OT_check_engine(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def _job_result(job_dir: str) -> str:
+def _chosen_video(filepath: str, job_dir: str) -> str:
+    """The video an operator was given, or else the last job's result."""
+    if filepath:
+        return bpy.path.abspath(filepath)
     if not job_dir:
         raise Equi360Error("no job yet: build a reference or convert a strip first")
     return str(output_path(job_dir, load_job(job_dir)))

@@ -38,6 +38,14 @@ def smooth_texture(width: int, height: int, phase: float = 0.0, min_period: floa
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
+def copy_job_inputs(source: Path, folder: Path, mask: str = "mask.mkv") -> Path:
+    """A job folder's inputs copied from ``source``: the reference, its mask and its placement record."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("reference.mkv", mask, "reference.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
 @pytest.fixture
 def textured_clip(tmp_path):
     """A 2.39:1 clip, 20 frames at 24 fps, moving band-limited texture."""

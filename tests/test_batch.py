@@ -5,14 +5,12 @@ import subprocess
 import sys
 
 from blender_equi360.job import Job, save_job
-from conftest import ROOT
+from conftest import ROOT, copy_job_inputs
 from test_engine_protocol import reference  # noqa: F401  (fixture)
 
 
 def job(folder, reference, **fields):
-    folder.mkdir()
-    for name in ("reference.mkv", "mask.mkv", "reference.json"):
-        (folder / name).write_bytes((reference / name).read_bytes())
+    copy_job_inputs(reference, folder)
     save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
                          **fields))
     return folder

@@ -21,7 +21,7 @@ from blender_equi360.metrics import mean_abs_error
 from blender_equi360.projection import CanvasSize
 from blender_equi360.reference import ReferenceSettings, build_reference
 from blender_equi360.video import read_frames
-from conftest import ROOT
+from conftest import ROOT, copy_job_inputs
 from test_engine_ltx import models  # noqa: F401  (fixture)
 CAMERA = Camera(hfov_deg=100.0, yaw_deg=30.0, pitch_deg=8.0, roll_deg=5.0)
 CANVAS = CanvasSize(1024, 512)
@@ -109,8 +109,7 @@ def test_the_engine_meets_the_quality_goals_on_the_rendered_city(oracle, backend
     from blender_equi360.score import score
     from blender_equi360.finish import resize
     from test_engine_ltx import CPU, run_engine
-    for name in ("reference.mkv", "reference_mask.mkv", "reference.json"):
-        (tmp_path / name).write_bytes((oracle["dir"] / name).read_bytes())
+    copy_job_inputs(oracle["dir"], tmp_path, mask="reference_mask.mkv")
     save_job(tmp_path, Job(reference="reference.mkv", mask="reference_mask.mkv", backend=backend, steps=2,
                            delivery_size="2048x1024", models=ModelFiles(**models)))
     rc, events, err = run_engine(tmp_path, env=CPU)

@@ -17,7 +17,7 @@ from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_referen
 from blender_equi360.job import Job, ModelFiles, save_job
 from blender_equi360.protocol import EXIT_CODES, parse_event
 from blender_equi360.video import probe
-from conftest import ROOT, smooth_texture, write_clip
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 from engine import ltx, tiny
 from engine.models import LTX23_CONFIGS, component_class, load_components
 from engine.protocol_io import Channel, EngineError
@@ -48,9 +48,7 @@ def reference(tmp_path_factory):
 
 
 def make_job(folder, reference, models, **fields):
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("reference.mkv", "mask.mkv", "reference.json"):
-        (folder / name).write_bytes((reference / name).read_bytes())
+    copy_job_inputs(reference, folder)
     fields = {"backend": "ltx", "steps": 2, "delivery_size": "256x128", **fields}
     save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models), **fields))
     return folder

@@ -15,7 +15,7 @@ from blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
 from blender_equi360.metrics import mean_abs_error
 from blender_equi360.protocol import EXIT_CODES, parse_event
 from blender_equi360.video import probe, read_frames
-from conftest import ROOT, smooth_texture, write_clip
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,7 @@ def reference(tmp_path_factory):
 
 @pytest.fixture
 def job_dir(tmp_path, reference):
-    for name in ("reference.mkv", "mask.mkv", "reference.json"):
-        (tmp_path / name).write_bytes((reference / name).read_bytes())
+    copy_job_inputs(reference, tmp_path)
     save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
     return tmp_path
 
