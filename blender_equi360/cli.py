@@ -10,7 +10,7 @@ import time
 from .camera import Camera
 from .errors import Equi360Error
 from .projection import CanvasSize
-from .reference import CROPS, DEFAULT_FPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
+from .reference import CROPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
 from .video import CODECS, DEFAULT_CODEC
 
 EXIT_USAGE = 2  # argparse's own code for bad arguments
@@ -72,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="camera roll in degrees, + = counter-clockwise seen from behind (default 0)")
     ref.add_argument("--crop", choices=CROPS, default="center", help="crop to 2.39:1 keeping these rows")
     ref.add_argument("--size", default="1920x960", help="canvas WIDTHxHEIGHT, 2:1, multiples of 32")
-    ref.add_argument("--frames", type=_frames, default=DEFAULT_FRAMES,
-                     help=f"output frames, 8k+1 (default {DEFAULT_FRAMES}); 'all' = the whole clip, padded to 8k+1")
-    ref.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"output frame rate (default {DEFAULT_FPS:g})")
+    ref.add_argument("--frames", type=_frames, default=None,
+                     help=f"output frames, 8k+1 (e.g. {DEFAULT_FRAMES}: one model window); default 'all': the whole "
+                          "clip from --start, padded to 8k+1")
+    ref.add_argument("--fps", type=float, default=None,
+                     help="output frame rate (default: the clip's own, so the 360° video keeps its timing)")
     ref.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="where in the clip to start")
     ref.add_argument("--feather", type=float, default=0.0, metavar="PX", help="inward feather of the plate edge")
     ref.add_argument("--no-letterbox", action="store_true", help="don't detect and remove letterbox bars")
@@ -113,7 +115,7 @@ def _reference(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"wrote {result.video} and {result.mask}: {result.frames_written} frames, "
-              f"{settings.size}, {settings.fps:g} fps; plate {result.window.width}x{result.window.height} "
+              f"{settings.size}, {result.settings.fps:g} fps; plate {result.window.width}x{result.window.height} "
               f"→ {result.footprint_fraction:.1%} of the canvas")
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

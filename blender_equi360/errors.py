@@ -3,3 +3,7 @@
 
 class Equi360Error(Exception):
     """Bad input or an unusable environment; ``str(err)`` is meant for the user as it is."""
+
+
+class IncompatibleJob(Equi360Error):
+    """A job folder made by a version of Equi360 that this one cannot run or continue."""

@@ -12,8 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import Equi360Error
+from .errors import Equi360Error, IncompatibleJob
 from .projection import CanvasSize
+from .windows import OVERLAP_FRAMES, WINDOW_FRAMES, check_window_settings
 
 JOB_FILE = "job.json"
 LOG_FILE = "engine.log"
@@ -50,10 +51,12 @@ class Job:
     lora_strength: float = 1.0
     delivery_size: str = "3840x1920"    # the delivered canvas; the plate is projected again at its density
     output_frames: int | None = None    # frames delivered (the shown span); None: every frame from the clip
+    window_frames: int = WINDOW_FRAMES  # a longer clip is made in overlapping windows of this many frames
+    window_overlap: int = OVERLAP_FRAMES
     version: int = VERSION
 
     def __post_init__(self):
-        _check(self.version == VERSION, f"version {self.version!r} is not supported (this build reads {VERSION})")
+        _check_version(self.version)
         for name in ("reference", "mask", "output"):
             _check(isinstance(getattr(self, name), str) and getattr(self, name), f"{name!r} must be a file path")
         _check(self.backend in BACKENDS, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
@@ -73,6 +76,10 @@ class Job:
             self.delivery_canvas
         except Equi360Error as err:
             raise Equi360Error(f"{JOB_FILE}: delivery_size: {err}") from None
+        try:
+            check_window_settings(self.window_frames, self.window_overlap)
+        except Equi360Error as err:
+            raise Equi360Error(f"{JOB_FILE}: {err}") from None
 
     @property
     def delivery_canvas(self) -> CanvasSize:
@@ -85,6 +92,7 @@ class Job:
     @classmethod
     def from_dict(cls, data: dict) -> "Job":
         _check(isinstance(data, dict), "the top level must be a JSON object")
+        _check_version(data.get("version", VERSION))  # first: another version may have other fields
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         _check(not unknown, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -98,6 +106,12 @@ class Job:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_version(version) -> None:
+    if version != VERSION:
+        raise IncompatibleJob(f"{JOB_FILE}: made by another version of Equi360 (job version {version!r}; this "
+                              f"one reads {VERSION}): run it with that version, or make the job again")
 
 
 def _check(ok: bool, message: str) -> None:

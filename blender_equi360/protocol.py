@@ -3,7 +3,8 @@
 The engine writes one JSON object per line on stdout and nothing else there; logs go to stderr and to
 ``engine.log`` in the job folder. Events:
 
-* ``{"event": "progress", "stage": str, "step": int, "total": int, "eta_s": float | null}``
+* ``{"event": "progress", "stage": str, "step": int, "total": int, "eta_s": float | null}``, with
+  ``"window": int, "windows": int`` (1-based) while a window of a longer clip is being made
 * ``{"event": "log", "message": str}``
 * ``{"event": "warning", "code": str, "message": str}``
 * ``{"event": "error", "code": str, "message": str}``: the run failed; the process exits with
@@ -28,7 +29,11 @@ EXIT_CODES = {
     "ltx20_checkpoint": 15,
     "wrong_lora": 16,
     "bad_input": 17,
+    "incompatible_job": 18,  # the job folder was made by another version
+    "job_busy": 19,          # another engine is running this job folder
     "cancelled": 20,
+    "disk_full": 21,         # finished windows are kept: free space and run the job again
+    "permission_denied": 22,
 }
 EVENTS = ("progress", "log", "warning", "error", "done")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -23,7 +23,7 @@ TARGET_ASPECT = 2.39  # the model's sweet spot
 CROPS = ("center", "top", "bottom", "none")
 SWEET_SPOT_HFOV = (80.0, 120.0)
 DEFAULT_FRAMES = 121
-DEFAULT_FPS = 24.0
+MODEL_FPS = 24.0  # what the model is trained at; other rates work, with the timing kept
 
 
 def valid_frame_count(n: int) -> bool:
@@ -41,7 +41,7 @@ class ReferenceSettings:
     crop: str = "center"            # to 2.39:1, keeping the centre/top/bottom rows; "none" keeps the aspect
     size: CanvasSize = field(default_factory=CanvasSize)
     frames: int | None = DEFAULT_FRAMES  # 8k+1; None = the whole clip from start_s, padded up to 8k+1
-    fps: float = DEFAULT_FPS
+    fps: float | None = None        # None: the clip's own rate (the delivery then times like the source)
     start_s: float = 0.0
     feather_px: float = 0.0         # inward feather of the plate edge, in canvas pixels (0 = hard edge)
     detect_letterbox: bool = True
@@ -56,8 +56,9 @@ class ReferenceSettings:
                 f"{self.frames} frames is not a length the model accepts: it needs 8k+1 frames "
                 f"(e.g. {max(lower, 1)} or {round_up_frame_count(self.frames)})"
             )
-        if not (0 < self.fps <= 240):
-            raise Equi360Error(f"fps {self.fps:g} is out of range (0 < fps ≤ 240; the model is trained at 24)")
+        if self.fps is not None and not (0 < self.fps <= 240):
+            raise Equi360Error(f"fps {self.fps:g} is out of range (0 < fps ≤ 240; the model is trained at "
+                               f"{MODEL_FPS:g})")
         if self.start_s < 0:
             raise Equi360Error("start must be 0 seconds or later")
         if self.feather_px < 0:
@@ -129,6 +130,8 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     mask = Path(mask) if mask is not None else default_mask_path(output)
     _check_outputs(source, output, mask)
     info = probe(source)
+    if settings.fps is None:
+        settings = replace(settings, fps=float(info.fps))
     if settings.start_s >= info.duration_s > 0:
         raise Equi360Error(f"start {settings.start_s:g} s is past the end of the clip ({info.duration_s:.2f} s)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import math
 import os
 from contextlib import contextmanager
@@ -321,6 +322,9 @@ class LosslessVideoWriter(_Writer):
     def write(self, canvas_bgra: np.ndarray) -> None:
         self.encode(_bgr0_frame(canvas_bgra))
 
+    def write_rgb(self, rgb: np.ndarray) -> None:
+        self.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="bgr0"))
+
 
 class PlaybackVideoWriter(_Writer):
     """RGB frames to H.264 (yuv420p, limited range, converted and tagged as BT.709) in MP4: what a camera
@@ -388,7 +392,7 @@ def atomic_outputs(*paths: Path):
             if not p.parent.is_dir():
                 raise Equi360Error(f"{p}: the folder {p.parent} does not exist")
             if not os.access(p.parent, os.W_OK):
-                raise Equi360Error(f"{p}: the folder {p.parent} is not writable")
+                raise PermissionError(errno.EACCES, f"the folder {p.parent} is not writable", str(p))
             if p.is_dir():
                 raise Equi360Error(f"{p}: is a folder; name an output file")
             temps.append(p.with_name(f".{p.name}.partial-{os.getpid()}"))

@@ -8,30 +8,36 @@ from pathlib import Path
 
 from blender_equi360.finish import finish
 from blender_equi360.job import Job, job_path, output_path
-from blender_equi360.reference import load_placement, sidecar_path
+from blender_equi360.reference import Placement, load_placement, sidecar_path
 from blender_equi360.video import read_frames
 
 from .protocol_io import Channel, EngineError
 
 
-def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None = None) -> Path:
-    """The generated frames (at the model's canvas) → the delivered video: tone-matched to the plate,
-    at the job's delivery size, with the plate projected again from the source (``finish``)."""
-    reference = job_path(job_dir, job.reference)
+def placement_with_source(reference: Path) -> Placement:
+    """The reference's placement, once its source clip is known to be there (checked before any window
+    is made, too: the delivery needs it)."""
     placement = load_placement(reference)
     if not placement.source.is_file():
         raise EngineError("bad_input", f"the source clip {placement.source} (recorded in "
                                        f"{sidecar_path(reference).name}) is missing: the plate is laid back "
                                        "from it; put it back or rebuild the reference")
+    return placement
+
+
+def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None = None) -> Path:
+    """The generated frames (at the model's canvas; a re-iterable sequence, one per delivered frame) →
+    the delivered video: tone-matched to the plate, at the job's delivery size, with the plate projected
+    again from the source (``finish``)."""
+    reference = job_path(job_dir, job.reference)
+    placement = placement_with_source(reference)
     mask = next(read_frames(job_path(job_dir, job.mask), "gray"))
     out = output_path(job_dir, job)
-    # The model needed 8k+1 frames; the delivery keeps those that come from the clip, and the span asked for.
-    count = min(len(frames), placement.source_frames, job.output_frames or len(frames))
     started = time.monotonic()
 
     def progress(k, total):
         channel.progress("finish", k, total, started)
         channel.check_cancel()
-    finish(frames[:count], placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
+    finish(frames, placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
            placement.frame_rate, title=title, progress=progress)
     return out

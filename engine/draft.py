@@ -5,7 +5,11 @@ and the placement can be judged. Its output is labelled as a draft in the file a
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
+from blender_equi360.video import read_frames
 
 DRAFT_TITLE = "Equi360 DRAFT: classical fill, no model"
 
@@ -112,3 +116,28 @@ def fill_frame(reference_rgb: np.ndarray, mask_gray: np.ndarray, scale: int = 4)
         fill = _up(fill, (fill.shape[0] * 2, fill.shape[1] * 2))
     out = known[..., None] * reference_rgb + (1.0 - known[..., None]) * fill
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+class DraftGenerator:
+    """The draft as the engine's window generator: each frame is filled on its own, so it needs no
+    conditioning; the windows' crossfade has nothing to smooth."""
+    title = DRAFT_TITLE
+
+    def __init__(self, mask_path, channel):
+        self.mask_path, self.channel, self.mask = mask_path, channel, None
+
+    def prepare(self) -> None:
+        self.mask = next(read_frames(self.mask_path, "gray"))
+
+    def generate(self, window, frames, condition, seed):
+        started = time.monotonic()
+        for k, frame in enumerate(frames[:window.frames], 1):
+            self.channel.check_cancel()
+            yield fill_frame(frame, self.mask)
+            self.channel.progress("draft", k, window.frames, started)
+
+    def report(self) -> dict:
+        return {"peak_vram_gb": None}
+
+    def close(self) -> None:
+        pass

@@ -6,7 +6,10 @@ One job runs in phases, so that only one big model is on the GPU at a time:
 1. text: Gemma 3 encodes the prompt (and the negative prompt), then leaves;
 2. denoise: transformer + connectors + VAE encode the reference and denoise the target, with the
    LoRAs fused into the weights (as Lightricks' own pipelines do);
-3. decode: the transformer leaves, the VAE decodes in tiles, frames stream to the encoder.
+3. decode: the transformer leaves the GPU, the VAE decodes in tiles.
+
+Phase 1 and the loading run once per job; phases 2 and 3 once per window of a longer clip, each window
+after the first conditioned on the previous window's last frames (see :mod:`engine.runner`).
 
 Recipes (``job.preset``): ``quality`` is the dev model with Lightricks' official LTX-2.3 guidance and
 their fixed-shift sigma schedule; ``fast`` adds the distilled LoRA at 0.5 and runs the 8 distilled
@@ -20,6 +23,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from blender_equi360.job import Job, job_path
-from blender_equi360.video import probe, read_frames
+from blender_equi360.video import probe
 
 from . import seam
-from .deliver import deliver
 from .models import component_configs, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
 from .weights import check_checkpoint, check_lora, check_text_encoder
@@ -144,15 +147,13 @@ def check_models(job: Job, job_dir: Path):
     return checkpoint, header, text_encoder, ic_lora, downscale, distilled
 
 
-def read_reference(path: Path) -> tuple[np.ndarray, Fraction]:
+def check_canvas(path: Path) -> Fraction:
+    """The reference's size is one the model takes; returns its frame rate."""
     info = probe(path)
     if info.width % 32 or info.height % 32:
         raise EngineError("bad_input", f"{path}: {info.width}×{info.height} is not a multiple of 32 on both sides; "
                                        "rebuild the reference at a supported size (e.g. 1920×960)")
-    if info.frame_count % 8 != 1:
-        raise EngineError("bad_input", f"{path}: {info.frame_count} frames; LTX-2.3 needs 8k+1 (e.g. 121): "
-                                       "rebuild the reference")
-    return np.stack(list(read_frames(path))), Fraction(info.fps)
+    return Fraction(info.fps)
 
 
 def memory_plan(header, text_encoder: Path, low_vram: bool) -> dict:
@@ -179,90 +180,139 @@ def _check_fits(plan: dict, device: str, low_vram: bool) -> None:
                                       f"and this GPU has {total:.0f} GB: {hint}")
 
 
-def run_ltx(job_dir: Path, job: Job, channel: Channel) -> dict:
+@contextmanager
+def _out_of_memory_is_an_error(phases: "_Phases", device: str):
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2InContextPipeline
-    from diffusers.pipelines.ltx2 import LTX2ReferenceCondition
-
-    device, dtype = device_and_dtype()
-    checkpoint, header, text_encoder_dir, ic_lora, downscale, distilled = check_models(job, job_dir)
-    frames, fps = read_reference(job_path(job_dir, job.reference))
-    num_frames, height, width = frames.shape[:3]
-    configs = component_configs(header)
-    plan = memory_plan(header, text_encoder_dir, job.low_vram)
-    channel.log(f"LTX-2.3 on {device} ({dtype}), {width}×{height}×{num_frames}, preset {job.preset}"
-                f"{', low VRAM' if job.low_vram else ''}; weights on the device per phase: text {plan['text_gb']} GB, "
-                f"denoise {plan['denoise_gb']} GB, decode {plan['decode_gb']} GB")
-    _check_fits(plan, device, job.low_vram)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rec = recipe(job, configs["transformer"]["num_layers"], channel)
-    phases = _Phases(channel)
     try:
-        # 1. text
-        phases.begin("encode_prompt", 1)
-        tokenizer, text_encoder = load_text_encoder(text_encoder_dir, device, dtype)
-        text = LTX2InContextPipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
-                                     tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
-        negative = job.negative_prompt if job.negative_prompt is not None else NEGATIVE_PROMPT
-        embeds = text.encode_prompt(job.full_prompt, negative, do_classifier_free_guidance=rec.uses_cfg,
-                                    max_sequence_length=MAX_SEQUENCE_LENGTH, device=device, dtype=dtype)
-        del text, text_encoder
-        _free(device)
-        phases.step(1)
-
-        # 2. denoise
-        names = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
-        phases.begin("load", len(names))
-        loaded = []
-        parts = load_components(checkpoint, header, "cpu" if job.low_vram else device, dtype, names,
-                                on_loaded=lambda name: (loaded.append(name), phases.step(len(loaded))))
-        pipe = LTX2InContextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False,
-                                                                               shift_terminal=None),
-                                     text_encoder=None, tokenizer=tokenizer, **parts)
-        del parts
-        _apply_loras(pipe, ic_lora, distilled, job.lora_strength)
-        if job.low_vram:
-            _low_vram(pipe, device, dtype)
-        pipe.vae.enable_tiling()
-        pipe.set_progress_bar_config(disable=True)
-        roll = seam.LatentRoll(pipe.transformer, downscale)
-
-        phases.begin("denoise", len(rec.sigmas))
-
-        def on_step(_pipe, i, _t, kwargs):
-            roll.advance(i + 1)
-            phases.step(i + 1)
-            return {}
-
-        prompt_embeds, prompt_mask, negative_embeds, negative_mask = embeds
-        latents, _audio = pipe(
-            prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_mask,
-            negative_prompt_embeds=negative_embeds if rec.uses_cfg else None,
-            negative_prompt_attention_mask=negative_mask if rec.uses_cfg else None,
-            reference_conditions=[LTX2ReferenceCondition(frames=frames, strength=1.0)],
-            reference_downscale_factor=downscale, height=height, width=width, num_frames=num_frames,
-            frame_rate=float(fps), sigmas=list(rec.sigmas), num_inference_steps=len(rec.sigmas),
-            generator=torch.Generator("cpu").manual_seed(job.seed), output_type="latent", return_dict=False,
-            callback_on_step_end=on_step, max_sequence_length=MAX_SEQUENCE_LENGTH, **rec.guidance)
-        del frames, embeds, prompt_embeds, negative_embeds
-
-        # 3. decode
-        pipe.transformer = pipe.connectors = None
-        _free(device)
-        phases.begin("decode", 1)
-        video = decode(pipe.vae, latents, device)
-        phases.step(1)
-        del pipe, latents
-        _free(device)
-        out = deliver(job_dir, job, video, channel)
+        yield
     except torch.OutOfMemoryError:
         _free(device)
         raise EngineError("cuda_oom", f"CUDA ran out of memory while {phases.stage.replace('_', ' ')}: turn on "
-                                      "low VRAM in the add-on's preferences, or convert fewer frames") from None
-    peak = _gb(torch.cuda.max_memory_allocated()) if device == "cuda" else None
-    channel.log(f"peak GPU memory: {peak} GB" if peak is not None else "ran on the CPU")
-    return {"outputs": {"video": str(out)}, "peak_vram_gb": peak, "memory_plan_gb": plan}
+                                      "low VRAM in the add-on's preferences, or use a shorter window") from None
+
+
+class LtxGenerator:
+    """The engine's window generator for LTX-2.3 + the IC-LoRA: :meth:`prepare` encodes the prompt and
+    loads the models once; :meth:`generate` makes one window, conditioned on the previous window's last
+    frames when there is one."""
+    title = None
+
+    def __init__(self, job_dir: Path, job: Job, channel: Channel):
+        self.job_dir, self.job, self.channel = job_dir, job, channel
+        self.phases = _Phases(channel)
+        self.pipe = self.roll = self.embeds = self.plan = None
+        self.device = None
+
+    def prepare(self) -> None:
+        import torch
+        from diffusers import FlowMatchEulerDiscreteScheduler, LTX2InContextPipeline
+
+        job, channel = self.job, self.channel
+        self.device, self.dtype = device_and_dtype()
+        checkpoint, header, text_encoder_dir, ic_lora, self.downscale, distilled = check_models(job, self.job_dir)
+        self.fps = check_canvas(job_path(self.job_dir, job.reference))
+        configs = component_configs(header)
+        self.plan = memory_plan(header, text_encoder_dir, job.low_vram)
+        channel.log(f"LTX-2.3 on {self.device} ({self.dtype}), preset {job.preset}"
+                    f"{', low VRAM' if job.low_vram else ''}; weights on the device per phase: text "
+                    f"{self.plan['text_gb']} GB, denoise {self.plan['denoise_gb']} GB, decode {self.plan['decode_gb']} GB")
+        _check_fits(self.plan, self.device, job.low_vram)
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.recipe = recipe(job, configs["transformer"]["num_layers"], channel)
+        with _out_of_memory_is_an_error(self.phases, self.device):
+            # 1. text: Gemma encodes once for every window, then leaves
+            self.phases.begin("encode_prompt", 1)
+            tokenizer, text_encoder = load_text_encoder(text_encoder_dir, self.device, self.dtype)
+            text = LTX2InContextPipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
+                                         tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
+            negative = job.negative_prompt if job.negative_prompt is not None else NEGATIVE_PROMPT
+            self.embeds = text.encode_prompt(job.full_prompt, negative, do_classifier_free_guidance=self.recipe.uses_cfg,
+                                             max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.device,
+                                             dtype=self.dtype)
+            del text, text_encoder
+            _free(self.device)
+            self.phases.step(1)
+
+            # 2. the denoising models, LoRAs fused
+            names = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
+            self.phases.begin("load", len(names))
+            loaded = []
+            parts = load_components(checkpoint, header, "cpu" if job.low_vram else self.device, self.dtype, names,
+                                    on_loaded=lambda name: (loaded.append(name), self.phases.step(len(loaded))))
+            pipe = LTX2InContextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False,
+                                                                                   shift_terminal=None),
+                                         text_encoder=None, tokenizer=tokenizer, **parts)
+            del parts
+            _apply_loras(pipe, ic_lora, distilled, job.lora_strength)
+            if job.low_vram:
+                _low_vram(pipe, self.device, self.dtype)
+            pipe.vae.enable_tiling()
+            pipe.set_progress_bar_config(disable=True)
+            self.roll = seam.LatentRoll(pipe.transformer, self.downscale)
+            self.pipe = pipe
+
+    def generate(self, window, frames: np.ndarray, condition: np.ndarray | None, seed: int) -> np.ndarray:
+        """``frames``: the window's reference [length, H, W, 3]; ``condition``: the previous window's output
+        over the shared frames, pinned at the window's start. Returns the window's frames."""
+        import torch
+        from diffusers.pipelines.ltx2 import LTX2ReferenceCondition, LTX2VideoCondition
+
+        pipe, rec, phases = self.pipe, self.recipe, self.phases
+        height, width = frames.shape[1:3]
+        with _out_of_memory_is_an_error(phases, self.device):
+            self._models_to(self.device)
+            phases.begin("denoise", len(rec.sigmas))
+            self.roll.advance(0)
+
+            def on_step(_pipe, i, _t, kwargs):
+                self.roll.advance(i + 1)
+                phases.step(i + 1)
+                return {}
+
+            prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.embeds
+            conditions = [LTX2VideoCondition(frames=condition, index=0, strength=1.0)] if condition is not None \
+                else None
+            latents, _audio = pipe(
+                prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_mask,
+                negative_prompt_embeds=negative_embeds if rec.uses_cfg else None,
+                negative_prompt_attention_mask=negative_mask if rec.uses_cfg else None,
+                conditions=conditions, reference_conditions=[LTX2ReferenceCondition(frames=frames, strength=1.0)],
+                reference_downscale_factor=self.downscale, height=height, width=width, num_frames=window.length,
+                frame_rate=float(self.fps), sigmas=list(rec.sigmas), num_inference_steps=len(rec.sigmas),
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", return_dict=False,
+                callback_on_step_end=on_step, max_sequence_length=MAX_SEQUENCE_LENGTH, **rec.guidance)
+
+            # 3. decode, with the transformer off the GPU (it comes back for the next window)
+            self._models_to("cpu")
+            phases.begin("decode", 1)
+            video = decode(pipe.vae, latents, self.device)
+            phases.step(1)
+            del latents
+            _free(self.device)
+        return video[:window.frames]
+
+    def _models_to(self, device: str) -> None:
+        """Move the denoising models between the GPU and the CPU around each decode (not with low VRAM,
+        where group offload already streams them), so decoding has the memory it had alone."""
+        if self.device == "cuda" and not self.job.low_vram:
+            for name in ("transformer", "connectors"):
+                getattr(self.pipe, name).to(device)
+            _free(self.device)
+
+    def report(self) -> dict:
+        import torch
+        peak = _gb(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+        if peak is not None:
+            self.channel.log(f"peak GPU memory: {peak} GB")
+        return {"peak_vram_gb": peak, "memory_plan_gb": self.plan}
+
+    def close(self) -> None:
+        if self.roll:
+            self.roll.remove()
+        self.pipe = self.roll = self.embeds = None
+        if self.device:
+            _free(self.device)
 
 
 def _apply_loras(pipe, ic_lora: Path, distilled: Path | None, strength: float) -> None:

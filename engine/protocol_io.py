@@ -24,7 +24,8 @@ class EngineError(Exception):
 
 class Cancelled(EngineError):
     def __init__(self):
-        super().__init__("cancelled", "cancelled by the user; nothing was written")
+        super().__init__("cancelled", "cancelled by the user; the windows already made are kept (run the job "
+                                      "again to continue), nothing half-written is left")
 
 
 class Channel:
@@ -35,6 +36,7 @@ class Channel:
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        self.window: tuple[int, int] | None = None  # (1-based window, windows) while making one, for progress
 
     def emit(self, event: str, **fields) -> None:
         with self._lock:
@@ -56,7 +58,9 @@ class Channel:
     def progress(self, stage: str, step: int, total: int, started: float) -> None:
         elapsed = time.monotonic() - started
         eta = elapsed / step * (total - step) if step else None
-        self.emit("progress", stage=stage, step=step, total=total, eta_s=None if eta is None else round(eta, 1))
+        where = {"window": self.window[0], "windows": self.window[1]} if self.window else {}
+        self.emit("progress", stage=stage, step=step, total=total, eta_s=None if eta is None else round(eta, 1),
+                  **where)
 
     def listen_for_cancel(self) -> None:
         """SIGINT, or the line ``cancel`` on stdin, asks the run to stop at its next step."""

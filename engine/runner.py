@@ -1,20 +1,38 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""``python -m engine run JOB_DIR``: read the job, pick a backend, write the result, report events."""
+"""``python -m engine run JOB_DIR``: read the job, pick a backend, make the clip window by window, deliver
+it, report events.
+
+A clip longer than one model window is made in overlapping windows (:mod:`blender_equi360.windows`),
+each written to the job folder as soon as it is done, so a job that dies halfway continues where it
+stopped when it is run again. A backend is a *generator*: ``prepare()`` once (load the models), then
+``generate(window, reference_frames, condition, seed)`` per window, returning the window's frames.
+"""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 import time
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
-from blender_equi360.errors import Equi360Error
+import numpy as np
+
+from blender_equi360.errors import Equi360Error, IncompatibleJob
 from blender_equi360.job import LOG_FILE, Job, job_path, load_job, output_path
 from blender_equi360.protocol import EXIT_CODES
-from blender_equi360.video import probe, read_frames
+from blender_equi360.video import LosslessVideoWriter, atomic_outputs, probe, read_frames
+from blender_equi360.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
 
 from . import draft, ltx
-from .deliver import deliver
+from .deliver import deliver, placement_with_source
 from .protocol_io import Channel, EngineError
+
+LOCK_FILE = "job.lock"
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def cuda_available() -> bool:
@@ -32,7 +50,7 @@ def choose_backend(job: Job, channel: Channel) -> str:
     if job.backend == "draft":
         return "draft"
     if job.backend == "ltx":
-        return "ltx"  # without CUDA, ltx.run_ltx says so (no_cuda)
+        return "ltx"  # without CUDA, the LTX generator says so (no_cuda)
     has_cuda = cuda_available()
     if has_cuda and job.models.configured():
         return "ltx"
@@ -41,17 +59,118 @@ def choose_backend(job: Job, channel: Channel) -> str:
     return "draft"
 
 
-def run_draft(job_dir: Path, job: Job, channel: Channel) -> dict:
-    reference, mask = job_path(job_dir, job.reference), job_path(job_dir, job.mask)
-    total = probe(reference).frame_count
-    started = time.monotonic()
-    frames = []
-    for k, (frame, matte) in enumerate(zip(read_frames(reference), read_frames(mask, "gray")), 1):
-        channel.check_cancel()
-        frames.append(draft.fill_frame(frame, matte))
-        channel.progress("draft", k, total, started)
-    return {"outputs": {"video": str(deliver(job_dir, job, frames, channel, draft.DRAFT_TITLE))},
-            "peak_vram_gb": None}
+def generation_inputs(job_dir: Path, job: Job, backend: str) -> dict:
+    """Everything a window's frames depend on: a finished window is reused only while these stay the same
+    (the delivery settings, such as the output name or size, are not among them)."""
+    settings = {name: getattr(job, name) for name in ("preset", "prompt", "negative_prompt", "seed", "steps",
+                                                       "lora_strength", "low_vram", "window_frames",
+                                                       "window_overlap")}
+    models = {name: _file_identity(job_path(job_dir, path)) if path else None
+              for name, path in asdict(job.models).items()} if backend == "ltx" else None
+    return {**settings, "backend": backend, "models": models,
+            "reference": _file_identity(job_path(job_dir, job.reference)),
+            "mask": _file_identity(job_path(job_dir, job.mask))}
+
+
+def _file_identity(path: Path) -> list | None:
+    """Name and size: survives a copy to the farm's storage (a modified time would not)."""
+    try:
+        return [path.name, path.stat().st_size]
+    except OSError:
+        return None  # the backend reports a missing file in its own words
+
+
+def window_reference(reference: Path, window: TimeWindow) -> np.ndarray:
+    """The reference's frames for ``window``, its last frame held up to the model's length."""
+    frames = list(itertools.islice(read_frames(reference), window.start, window.end))
+    if len(frames) != window.frames:
+        raise EngineError("bad_input", f"{reference}: has {window.start + len(frames)} frames, fewer than the "
+                                       f"{window.end} the job needs: rebuild the reference")
+    frames += [frames[-1]] * (window.length - window.frames)
+    return np.stack(frames)
+
+
+def conditioning_frames(previous_file: Path, previous: TimeWindow, window: TimeWindow) -> np.ndarray:
+    """The previous window's output over the frames it shares with ``window``, read from its file (so a
+    resumed job conditions on exactly what an uninterrupted one did)."""
+    offset = window.start - previous.start
+    return np.stack(list(itertools.islice(read_frames(previous_file), offset, offset + window.overlap)))
+
+
+def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Channel):
+    """Make every window the manifest does not have yet; returns the manifest, all windows done."""
+    reference = job_path(job_dir, job.reference)
+    placement = placement_with_source(reference)
+    total = min(placement.source_frames, job.output_frames or placement.source_frames)
+    windows = plan_windows(total, job.window_frames, job.window_overlap)
+    manifest, notes = open_manifest(job_dir, windows, fingerprint(generation_inputs(job_dir, job, backend)))
+    for note in notes:
+        channel.log(note)
+    pending = manifest.pending()
+    channel.log(f"{total} frames in {len(windows)} window(s) of up to {job.window_frames} "
+                f"(overlap {job.window_overlap}); {len(pending)} to make")
+    if not pending:
+        return manifest
+    info = probe(reference)
+    generator.prepare()
+    for window in pending:
+        channel.window = (window.index + 1, len(windows))
+        frames = window_reference(reference, window)
+        condition = None
+        if window.overlap:
+            previous = windows[window.index - 1]
+            condition = conditioning_frames(manifest.window_path(previous), previous, window)
+        made = generator.generate(window, frames, condition, job.seed + window.index)
+        del frames, condition
+        with atomic_outputs(manifest.window_path(window)) as (tmp,):
+            writer = LosslessVideoWriter(tmp, info.width, info.height, placement.frame_rate)
+            try:
+                for frame in itertools.islice(made, window.frames):
+                    writer.write_rgb(frame)
+            finally:
+                writer.close()
+            channel.check_cancel()  # a cancel during the write leaves no window file
+        manifest.mark_done(window)
+        channel.log(f"window {window.index + 1}/{len(windows)} done (frames {window.start}–{window.end - 1})")
+    channel.window = None
+    return manifest
+
+
+@contextmanager
+def job_lock(job_dir: Path):
+    """Held while the job runs: a second engine on the same folder (a double start, a farm retry while
+    the first worker still runs) is refused instead of mixing their files. The OS drops the lock when
+    the process dies, however it dies."""
+    handle = open(job_dir / LOCK_FILE, "a+b")
+    try:
+        try:
+            if os.name == "nt":
+                import msvcrt
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise EngineError("job_busy", f"{job_dir}: another engine is running this job; wait for it or "
+                                          "stop it, then run the job again") from None
+        yield
+    finally:
+        handle.close()
+
+
+def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
+    """Make the job's windows that are not made yet, then deliver; returns the ``done`` event's fields."""
+    channel.log(f"job {job_dir}: backend {backend}, preset {job.preset}")
+    with job_lock(job_dir):
+        remove_partials(job_dir)
+        generator = draft.DraftGenerator(job_path(job_dir, job.mask), channel) if backend == "draft" \
+            else ltx.LtxGenerator(job_dir, job, channel)
+        try:
+            manifest = make_windows(job_dir, job, backend, generator, channel)
+        finally:
+            generator.close()
+        out = deliver(job_dir, job, manifest.video(), channel, generator.title)
+    return {"outputs": {"video": str(out)}, **generator.report(), "backend": backend, "draft": backend == "draft"}
 
 
 def run(job_dir, channel: Channel) -> int:
@@ -64,24 +183,42 @@ def run(job_dir, channel: Channel) -> int:
         try:
             job = load_job(job_dir)
             output_path(job_dir, job)  # refuse an output outside the folder before any work
+        except IncompatibleJob as err:
+            raise EngineError("incompatible_job", str(err)) from None
         except Equi360Error as err:
             raise EngineError("bad_job", str(err)) from None
-        channel.log(f"job {job_dir}: backend {job.backend}, preset {job.preset}")
-        backend = choose_backend(job, channel)
-        result = (run_draft if backend == "draft" else ltx.run_ltx)(job_dir, job, channel)
-        channel.emit("done", **result, seconds=round(time.monotonic() - started, 2), backend=backend,
-                     draft=backend == "draft")
+        result = run_job(job_dir, job, choose_backend(job, channel), channel)
+        channel.emit("done", **result, seconds=round(time.monotonic() - started, 2))
         return 0
     except EngineError as err:
-        channel.log(f"error [{err.code}]: {err}")
-        channel.emit("error", code=err.code, message=str(err))
-        return EXIT_CODES[err.code]
+        return _fail(channel, err.code, str(err))
+    except IncompatibleJob as err:
+        return _fail(channel, "incompatible_job", str(err))
     except Equi360Error as err:  # unreadable inputs named by the job
-        channel.emit("error", code="bad_input", message=str(err))
-        return EXIT_CODES["bad_input"]
+        return _fail(channel, "bad_input", str(err))
+    except OSError as err:
+        return _fail(channel, *_io_error(job_dir, err))
     except Exception as err:  # a bug: say so on the protocol too, then keep the traceback in the log
         channel.emit("error", code="internal", message=f"internal error: {err!r}; see {LOG_FILE}")
         raise
+
+
+def _io_error(job_dir: Path, err: OSError) -> tuple[str, str]:
+    where = err.filename or job_dir
+    kept = "the windows already made are kept"
+    if err.errno in NO_ROOM:
+        return "disk_full", f"no room left to write {where} ({err.strerror}): free some space and run the job " \
+                            f"again; {kept}"
+    if err.errno in NO_PERMISSION:
+        return "permission_denied", f"not allowed to write {where} ({err.strerror}): make the job folder " \
+                                    f"writable for this user and run the job again; {kept}"
+    return "bad_input", f"{where}: {err.strerror or err}"
+
+
+def _fail(channel: Channel, code: str, message: str) -> int:
+    channel.log(f"error [{code}]: {message}")
+    channel.emit("error", code=code, message=message)
+    return EXIT_CODES[code]
 
 
 def log_path(job_dir) -> Path | None:

@@ -13,12 +13,11 @@ import bpy
 from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
 from ..blender_equi360.engine_process import EngineProcess
 from ..blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
-from ..blender_equi360.reference import DEFAULT_FPS, round_up_frame_count
+from ..blender_equi360.reference import round_up_frame_count
 from . import compat, scene_read, world
 from .compat import sequencer_scene as scene_of  # 5.0: the Sequencer may edit another scene
 from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
 
-MAX_FRAMES = 121           # one model window (5 s at 24 fps)
 CANVAS = CanvasSize(1920, 960)
 TIMER_S = 0.1
 
@@ -59,24 +58,23 @@ def prepare_job(context, operator, strip) -> Path:
     pose, warnings = scene_read.read_camera(scene, source)
     for warning in warnings:
         operator.report({"WARNING"}, warning)
-    frames = round(source.duration_s * DEFAULT_FPS)
-    if frames > MAX_FRAMES:
-        operator.report({"WARNING"}, f"the strip shows {source.duration_s:.1f} s; this version converts the "
-                                     f"first {MAX_FRAMES / DEFAULT_FPS:.0f} s")
-    shown = min(MAX_FRAMES, max(frames, 1))
-    frames = round_up_frame_count(shown)
+    # The whole shown span at the file's own rate: the 360° video gets the strip's frames and timing
+    # (the engine makes a longer span in windows).
+    shown = max(source.timeline_frames, 1)
+    models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
+                           for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
+    job = Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
+              low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size, output_frames=shown,
+              window_frames=prefs.window_frames, window_overlap=prefs.window_overlap)  # checked before any work
     job_dir = _new_job_dir(_job_root(prefs), strip.name)
     try:
         build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv",
-                        ReferenceSettings(camera=pose.camera, size=CANVAS, frames=frames, start_s=source.start_s))
+                        ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),
+                                          fps=source.fps, start_s=source.start_s))
+        save_job(job_dir, job)
     except BaseException:
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
-    models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
-                           for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
-                          low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size,
-                          output_frames=shown))
     state = scene.equi360
     state.job_dir, state.heading_deg = str(job_dir), pose.heading_deg
     state.source_channel, state.source_start = source.channel, source.timeline_start
@@ -206,7 +204,8 @@ class EQUI360_OT_convert(bpy.types.Operator):
         if kind == "progress" and event.get("total"):
             state.progress = event["step"] / event["total"]
             eta = f", {event['eta_s']:.0f} s left" if event.get("eta_s") is not None else ""
-            state.status = f"{event['stage']} {event['step']}/{event['total']}{eta}"
+            window = f"window {event['window']}/{event['windows']}: " if event.get("windows", 1) > 1 else ""
+            state.status = f"{window}{event['stage']} {event['step']}/{event['total']}{eta}"
             if not bpy.app.background:
                 context.window_manager.progress_update(int(state.progress * 1000))
                 context.workspace.status_text_set(f"Equi360: {state.status} (Esc cancels)")

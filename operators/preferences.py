@@ -42,6 +42,14 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         ("2560x1280", "2560×1280", ""),
         ("3840x1920", "3840×1920 (4K)", "The usual 360° delivery; the plate is laid back at this density"),
         ("4096x2048", "4096×2048", "The largest H.264 hardware decoders take")))
+    window_frames: IntProperty(
+        name="Window", default=121, min=17, max=257, step=8,
+        description="A longer strip is made in overlapping windows of this many frames (8k+1; 121 = 5 s at 24 fps, "
+                    "what the model is trained on)")
+    window_overlap: IntProperty(
+        name="Overlap", default=25, min=9, max=121,
+        description="Frames each window shares with the previous one (8k+1): it is conditioned on them and they "
+                    "are cross-faded, so the generated region carries on across windows")
     output_dir: StringProperty(name="Output folder", subtype="DIR_PATH",
                                description="Where job folders go (default: the extension's user folder)")
     check_report: StringProperty(name="Engine check", default="")
@@ -56,6 +64,9 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         row.prop(self, "preset")
         row.prop(self, "low_vram")
         layout.prop(self, "delivery_size")
+        row = layout.row()
+        row.prop(self, "window_frames")
+        row.prop(self, "window_overlap")
         layout.prop(self, "output_dir")
         layout.operator("equi360.check_engine", icon="CHECKMARK")
         for line in self.check_report.splitlines():

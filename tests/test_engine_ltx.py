@@ -18,7 +18,7 @@ from blender_equi360.job import Job, ModelFiles, save_job
 from blender_equi360.protocol import EXIT_CODES, parse_event
 from blender_equi360.video import probe
 from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
-from engine import ltx, tiny
+from engine import ltx, runner, tiny
 from engine.models import LTX23_CONFIGS, component_class, load_components
 from engine.protocol_io import Channel, EngineError
 from engine.weights import check_checkpoint, check_lora, check_text_encoder
@@ -77,7 +77,7 @@ class Captured:
     def run(self, job_dir):
         from blender_equi360.job import load_job
         out = io.StringIO()
-        result = ltx.run_ltx(job_dir, load_job(job_dir), Channel(out=out))
+        result = runner.run_job(job_dir, load_job(job_dir), "ltx", Channel(out=out))
         return result, [parse_event(line) for line in out.getvalue().splitlines()]
 
 
@@ -249,8 +249,10 @@ def test_cancel_stops_within_one_denoising_step_and_writes_nothing(tmp_path, ref
     steps = [e["step"] for e in events if e["event"] == "progress" and e["stage"] == "denoise"]
     assert max(steps) <= cancelled_at + 1 < 60
     assert events[-1] == {"event": "error", "code": "cancelled", "message": events[-1]["message"]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.log", "job.json", "mask.mkv", "reference.json",
-                                                          "reference.mkv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine.log", "job.json", "job.lock", "mask.mkv",
+                                                          "reference.json", "reference.mkv", "windows",
+                                                          "windows.json"]
+    assert not list((tmp_path / "windows").iterdir())
 
 
 def _rewritten(models, path, keep):
@@ -307,11 +309,11 @@ def test_no_cuda_is_its_own_error(tmp_path, reference, models):
 
 def test_a_reference_the_model_cannot_take_is_bad_input(tmp_path, reference, models, monkeypatch):
     job_dir = make_job(tmp_path, reference, models)
-    clip = write_clip(tmp_path / "ten.mp4", 10, 128, 64, 24, lambda k: smooth_texture(128, 64, k))
+    clip = write_clip(tmp_path / "odd.mp4", 9, 120, 64, 24, lambda k: smooth_texture(120, 64, k))
     (job_dir / "reference.mkv").write_bytes(clip.read_bytes())
     with pytest.raises(EngineError) as info:
         Captured(monkeypatch).run(job_dir)
-    assert info.value.code == "bad_input" and "8k+1" in str(info.value)
+    assert info.value.code == "bad_input" and "multiple of 32" in str(info.value)
 
 
 def test_cuda_out_of_memory_says_what_to_do(tmp_path, reference, models, monkeypatch):

@@ -1,0 +1,208 @@
+"""Clips longer than one model window: the window plan, the job folder's manifest, and the assembly.
+
+A clip of N frames is cut into overlapping windows of at most ``window`` frames (8k+1, the model's
+lengths), each starting ``window − overlap`` frames after the previous one. Each window after the first
+is conditioned on the previous window's output over their ``overlap`` shared frames, and in those frames
+the two outputs are cross-faded, so the generated region carries on across the boundary instead of
+jumping.
+
+The job folder records the plan and each window's state in ``windows.json``; each window's output is a
+lossless video in ``windows/``, written under a temporary name and renamed, and only then marked done.
+Running a job again skips the windows marked done, and because every window reads its conditioning
+from the previous window's *file* (never from memory), a resumed job makes the same frames as one that
+ran straight through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .errors import Equi360Error, IncompatibleJob
+from .reference import round_up_frame_count, valid_frame_count, write_json_atomically
+from .video import read_frames
+
+MANIFEST_FILE = "windows.json"
+WINDOWS_DIR = "windows"
+MANIFEST_VERSION = 1
+WINDOW_FRAMES = 121   # 5 s at 24 fps: what the model is trained on
+OVERLAP_FRAMES = 25   # 1 s: three latent frames of conditioning after the first
+
+
+def check_window_settings(window: int, overlap: int) -> None:
+    """Raises Equi360Error unless ``window`` and ``overlap`` are lengths the model and the crossfade take."""
+    if not (isinstance(window, int) and valid_frame_count(window) and window >= 17):
+        raise Equi360Error(f"window_frames {window!r} must be 8k+1 frames and at least 17 (e.g. 121)")
+    if not (isinstance(overlap, int) and valid_frame_count(overlap) and overlap >= 9):
+        raise Equi360Error(f"window_overlap {overlap!r} must be 8k+1 frames and at least 9 (e.g. 25)")
+    if 2 * overlap > window:
+        raise Equi360Error(f"window_overlap {overlap} must be at most half of window_frames {window} "
+                           f"(e.g. {max(9, round_up_frame_count(window // 4))})")
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    index: int
+    start: int    # its first frame, in the clip
+    frames: int   # frames of the clip it covers
+    length: int   # frames the model makes: ``frames`` rounded up to 8k+1 (the clip's last frame held)
+    overlap: int  # its first ``overlap`` frames are also the previous window's last ones (0 for the first)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.frames
+
+    @property
+    def file_name(self) -> str:
+        return f"window_{self.index:04d}.mkv"
+
+
+def plan_windows(total: int, window: int = WINDOW_FRAMES, overlap: int = OVERLAP_FRAMES) -> list[TimeWindow]:
+    """Overlapping windows that cover frames ``0 .. total``; a clip of one window or less is one window."""
+    if total < 1:
+        raise Equi360Error("a clip needs at least one frame")
+    check_window_settings(window, overlap)
+    windows, start = [], 0
+    while True:
+        frames = min(window, total - start)
+        windows.append(TimeWindow(len(windows), start, frames, round_up_frame_count(frames), overlap if start else 0))
+        if start + frames >= total:
+            return windows
+        start += window - overlap
+
+
+def crossfade_weight(j: int, overlap: int) -> float:
+    """The newer window's share of shared frame ``j`` (0-based): rising linearly, never 0 or 1."""
+    return (j + 1) / (overlap + 1)
+
+
+def assemble(windows: list[TimeWindow], frames_of: Callable[[TimeWindow], Iterable[np.ndarray]]
+             ) -> Iterator[np.ndarray]:
+    """The clip's frames, in order, from the windows' outputs, cross-faded where they overlap. Streams:
+    only the frames a window shares with the next are held until the next window is read."""
+    held: list[np.ndarray] = []
+    for k, window in enumerate(windows):
+        hand_over = windows[k + 1].start - window.start if k + 1 < len(windows) else window.frames
+        passed, new_held = 0, []
+        for j, frame in enumerate(frames_of(window)):
+            if j >= window.frames:
+                break
+            passed += 1
+            if j >= hand_over:
+                new_held.append(frame)
+                continue
+            if j < len(held):
+                w = crossfade_weight(j, len(held))
+                frame = np.clip(held[j] * (1.0 - w) + frame * w + 0.5, 0, 255).astype(np.uint8)
+            yield frame
+        if passed != window.frames:
+            raise Equi360Error(f"window {window.index} has {passed} frames instead of {window.frames}: "
+                               f"delete {WINDOWS_DIR}/{window.file_name} and run the job again")
+        held = new_held
+
+
+class AssembledVideo:
+    """The assembled clip as a re-iterable sequence (every pass reads the window files again)."""
+
+    def __init__(self, windows: list[TimeWindow], folder: Path):
+        self.windows, self.folder = windows, Path(folder)
+
+    def __len__(self) -> int:
+        return self.windows[-1].end
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return assemble(self.windows, lambda w: read_frames(self.folder / w.file_name))
+
+
+def fingerprint(settings: dict) -> str:
+    """A short hash of everything a window's output depends on."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    """``windows.json``: the plan, what it was made from, and which windows are done."""
+    path: Path
+    inputs: str                 # fingerprint of the settings the windows were made with
+    windows: list[TimeWindow]
+    done: set[int]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent / WINDOWS_DIR
+
+    def window_path(self, window: TimeWindow) -> Path:
+        return self.folder / window.file_name
+
+    def pending(self) -> list[TimeWindow]:
+        return [w for w in self.windows if w.index not in self.done]
+
+    def mark_done(self, window: TimeWindow) -> None:
+        self.done.add(window.index)
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomically(self.path, {
+            "version": MANIFEST_VERSION, "inputs": self.inputs,
+            "windows": [{**asdict(w), "file": f"{WINDOWS_DIR}/{w.file_name}",
+                         "state": "done" if w.index in self.done else "pending"} for w in self.windows]})
+
+    def video(self) -> AssembledVideo:
+        return AssembledVideo(self.windows, self.folder)
+
+
+def open_manifest(job_dir, windows: list[TimeWindow], inputs: str) -> tuple[Manifest, list[str]]:
+    """The job's manifest, continued when it was made from the same inputs with the same plan, else new.
+
+    Returns it with notes for the user (what was kept or discarded). A window marked done whose file is
+    gone runs again. A manifest this version cannot read raises :class:`IncompatibleJob` and changes
+    nothing."""
+    path = Path(job_dir) / MANIFEST_FILE
+    manifest, notes = Manifest(path, inputs, windows, set()), []
+    manifest.folder.mkdir(exist_ok=True)
+    remove_partials(manifest.folder)
+    if not path.exists():
+        manifest.save()
+        return manifest, notes
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        version = data["version"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise IncompatibleJob(f"{path}: unreadable ({err}); delete it and the {WINDOWS_DIR} folder to start "
+                              "the job over") from None
+    if version != MANIFEST_VERSION:
+        raise IncompatibleJob(f"{path.parent}: made by another version of Equi360 (windows manifest version "
+                              f"{version}; this one reads {MANIFEST_VERSION}): continue it with that version, "
+                              f"or delete {MANIFEST_FILE} and {WINDOWS_DIR}/ to start it over")
+    try:
+        recorded = [TimeWindow(**{k: w[k] for k in ("index", "start", "frames", "length", "overlap")})
+                    for w in data["windows"]]
+        recorded_done = {w["index"] for w in data["windows"] if w["state"] == "done"}
+    except (KeyError, TypeError) as err:
+        raise IncompatibleJob(f"{path}: damaged ({err!r}); delete it and the {WINDOWS_DIR} folder to start "
+                              "the job over") from None
+    if data.get("inputs") != inputs or recorded != windows:
+        for stale in recorded_done:
+            (manifest.folder / TimeWindow(stale, 0, 0, 0, 0).file_name).unlink(missing_ok=True)
+        if recorded_done:
+            notes.append(f"the job changed since {len(recorded_done)} window(s) were made: starting over")
+    else:
+        manifest.done = {i for i in recorded_done if manifest.window_path(windows[i]).is_file()}
+        if manifest.done:
+            notes.append(f"continuing: {len(manifest.done)} of {len(windows)} windows already done")
+        if len(manifest.done) < len(recorded_done):
+            notes.append(f"{len(recorded_done) - len(manifest.done)} window file(s) were missing: made again")
+    manifest.save()
+    return manifest, notes
+
+
+def remove_partials(folder: Path) -> None:
+    """Temporary files a killed run left behind (call it holding the job's lock: a running job's
+    temporary files look the same)."""
+    for leftover in folder.glob(".*.partial-*"):
+        leftover.unlink(missing_ok=True)
