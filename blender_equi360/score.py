@@ -6,6 +6,8 @@
   by a margin: PSNR and SSIM.
 - **Seam ratio**, **poles** (spread of the top and bottom rows, ring at the cap boundary), **tone drift**
   per latitude band, **flicker** inside the plate: see :mod:`.sphere_metrics`.
+- **Window joins** (a clip made in several windows): the largest frame-to-frame change of the generated
+  region across the windows' shared frames, relative to its usual change (:func:`.sphere_metrics.boundary_jump`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from .metrics import luma, psnr, ssim
 from .projection import CanvasSize, equirect_to_perspective, prefiltered_plate_size
 from .reference import load_placement
 from .video import decode_plates, probe, read_frames
+from .windows import plan_windows
 
 ERODE = 0.04  # of the plate's width, on each side: the feather band and the last bilinear pixels
 # Per output: the seam on its worst frame; the plate's PSNR over its frames (the usual video PSNR).
-GOALS = {"seam_ratio_max": 1.2, "plate_psnr_min_db": 40.0}
+GOALS = {"seam_ratio_max": 1.2, "plate_psnr_min_db": 40.0, "window_joins_max": 1.5}
 
 
 def score(output, source, job_dir) -> dict:
@@ -47,6 +50,7 @@ def score(output, source, job_dir) -> dict:
 
     psnrs, ssims, seams, spreads, rings, drifts = [], [], [], [], [], []
     flicker = sphere_metrics.Flicker(mask)
+    generated_changes = sphere_metrics.FrameChanges(mask >= 128)
     plates = decode_plates(info_src, placement.picture, placement.crop, (plate_w, plate_h), placement.fps,
                            placement.start_s, count)
     for frame, (_, plate_bgra, _) in zip(read_frames(output), plates):
@@ -60,6 +64,7 @@ def score(output, source, job_dir) -> dict:
         rings.append(sphere_metrics.cap_discontinuity(y))
         drifts.append(sphere_metrics.tone_drift(y, mask))
         flicker.add(y)
+        generated_changes.add(y)
     finite = [p for p in psnrs if math.isfinite(p)] or [99.0]
     report = {
         "output": str(output), "frames": len(psnrs),
@@ -71,10 +76,16 @@ def score(output, source, job_dir) -> dict:
         "tone_drift": _mean_bands(drifts),
         "plate_flicker": flicker.value,
     }
+    windows = plan_windows(len(psnrs), job.window_frames, job.window_overlap)
+    if len(windows) > 1:
+        report["window_joins"] = sphere_metrics.boundary_jump(generated_changes.changes, windows)
     report["goals"] = {"seam_ratio_max": {"goal": GOALS["seam_ratio_max"], "met": report["seam_ratio"]["max"]
                                           <= GOALS["seam_ratio_max"]},
                        "plate_psnr_min_db": {"goal": GOALS["plate_psnr_min_db"],
                                              "met": report["plate"]["psnr_db_mean"] >= GOALS["plate_psnr_min_db"]}}
+    if "window_joins" in report:
+        report["goals"]["window_joins_max"] = {"goal": GOALS["window_joins_max"],
+                                               "met": report["window_joins"] <= GOALS["window_joins_max"]}
     return report
 
 
@@ -108,6 +119,9 @@ def format_report(report: dict) -> str:
                       for b in report["tone_drift"])
     lines += [f"  tone drift        {drift} (generated − plate, levels, per band from its top latitude)",
               f"  plate flicker     {report['plate_flicker']:.2f} levels/frame"]
+    if "window_joins" in report:
+        lines.append(f"  window joins      {report['window_joins']:.2f} (goal ≤ {goals['window_joins_max']['goal']:g}: "
+                     f"{_met(goals['window_joins_max'])}; 1.0 = as smooth as inside a window)")
     return "\n".join(lines)
 
 

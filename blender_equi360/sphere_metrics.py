@@ -62,20 +62,47 @@ def tone_drift(frame: np.ndarray, mask: np.ndarray, bands: int = LATITUDE_BANDS)
     return out
 
 
-class Flicker:
-    """Mean absolute frame-to-frame change inside the plate (levels), fed one frame at a time; the
-    plate's own motion counts too, so compare against the source's value."""
+VISIBLE_CHANGE = 1.0  # levels of mean frame-to-frame change below which a join cannot be seen
 
-    def __init__(self, mask: np.ndarray):
-        self.plate = np.asarray(mask) < 128
+
+class FrameChanges:
+    """Mean absolute luma change from each frame to the next inside ``region`` (a boolean H×W mask), fed
+    one frame at a time: ``changes[k − 1]`` is the change from frame k − 1 to frame k."""
+
+    def __init__(self, region: np.ndarray):
+        self.region = np.asarray(region, bool)
         self.previous, self.changes = None, []
 
     def add(self, frame: np.ndarray) -> None:
-        inside = to_luma(frame)[self.plate]
+        inside = to_luma(frame)[self.region]
         if self.previous is not None:
             self.changes.append(float(np.abs(inside - self.previous).mean()))
         self.previous = inside
 
+
+class Flicker(FrameChanges):
+    """Mean absolute frame-to-frame change inside the plate (levels); the plate's own motion counts too,
+    so compare against the source's value."""
+
+    def __init__(self, mask: np.ndarray):
+        super().__init__(np.asarray(mask) < 128)
+
     @property
     def value(self) -> float:
         return float(np.mean(self.changes)) if self.changes else 0.0
+
+
+def boundary_jump(changes, windows) -> float:
+    """How visible the joins between a long clip's windows are: the largest frame-to-frame change across
+    any window's shared (cross-faded) frames, over the median change everywhere else. About 1 (or less)
+    when windows join as smoothly as frames follow each other inside one; several times that at a jump.
+    ``changes`` as :class:`FrameChanges` gives them over the generated region; ``windows`` the plan.
+    Changes below a level (encoding noise on still content) count as one level: nobody sees them."""
+    changes = np.asarray(changes, np.float64)
+    joins = np.zeros(changes.size, bool)
+    for window in windows[1:]:  # the change into frame k is changes[k − 1]
+        joins[max(window.start - 1, 0):window.start + window.overlap] = True
+    if not joins.any():
+        return 1.0
+    elsewhere = np.median(changes[~joins]) if (~joins).any() else np.median(changes)
+    return float(changes[joins].max() / max(elsewhere, VISIBLE_CHANGE))

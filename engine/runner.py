@@ -204,7 +204,7 @@ def run(job_dir, channel: Channel) -> int:
 
 
 def _io_error(job_dir: Path, err: OSError) -> tuple[str, str]:
-    where = err.filename or job_dir
+    where = Path(err.filename).parent if err.filename else job_dir  # the folder: a file's name may be temporary
     kept = "the windows already made are kept"
     if err.errno in NO_ROOM:
         return "disk_full", f"no room left to write {where} ({err.strerror}): free some space and run the job " \
