@@ -4,6 +4,7 @@
 import bpy
 
 from ..blender_equi360.engine_process import kill_all
+from .farm import EQUI360_OT_submit_to_flamenco
 from .ops import (EQUI360_OT_add_preview_camera, EQUI360_OT_add_strip, EQUI360_OT_build_reference,
                   EQUI360_OT_check_engine, EQUI360_OT_convert, EQUI360_OT_load_world)
 from .preferences import EQUI360_AP_preferences, EQUI360_PG_scene
@@ -11,7 +12,7 @@ from .ui import EQUI360_PT_sequencer, EQUI360_PT_world
 
 CLASSES = (EQUI360_AP_preferences, EQUI360_PG_scene, EQUI360_OT_build_reference, EQUI360_OT_convert,
            EQUI360_OT_load_world, EQUI360_OT_add_preview_camera, EQUI360_OT_add_strip, EQUI360_OT_check_engine,
-           EQUI360_PT_sequencer, EQUI360_PT_world)
+           EQUI360_OT_submit_to_flamenco, EQUI360_PT_sequencer, EQUI360_PT_world)
 
 
 def register():

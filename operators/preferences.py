@@ -53,6 +53,14 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
     output_dir: StringProperty(name="Output folder", subtype="DIR_PATH",
                                description="Where job folders go (default: the extension's user folder)")
     check_report: StringProperty(name="Engine check", default="")
+    flamenco_manager_url: StringProperty(
+        name="Flamenco manager", default="http://localhost:8080",
+        description="The URL of the render farm's Flamenco manager (Submit to Flamenco)")
+    farm_job_root: StringProperty(
+        name="Farm job folder", subtype="DIR_PATH",
+        description="Where farm job folders go: a folder on the shared storage every Flamenco worker sees")
+    flamenco_worker_tag: StringProperty(
+        name="Worker tag", description="Only Flamenco workers with this tag take the jobs (empty: any worker)")
 
     def draw(self, context):
         layout = self.layout
@@ -71,6 +79,10 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         layout.operator("equi360.check_engine", icon="CHECKMARK")
         for line in self.check_report.splitlines():
             layout.label(text=line)
+        farm = layout.box()
+        farm.label(text="Render farm (Flamenco)")
+        for name in ("flamenco_manager_url", "farm_job_root", "flamenco_worker_tag"):
+            farm.prop(self, name)
 
 
 def check_engine(prefs, job_dir=None) -> dict:

@@ -23,6 +23,7 @@ class EQUI360_PT_sequencer(bpy.types.Panel):
         layout, state = self.layout, scene_of(context).equi360
         layout.operator("equi360.convert", icon="WORLD")
         layout.operator("equi360.build_reference", icon="IMAGE_REFERENCE")
+        layout.operator("equi360.submit_to_flamenco", icon="NETWORK_DRIVE")
         _progress(layout, state)
         col = layout.column(align=True)
         col.enabled = bool(state.job_dir) and not state.running

@@ -19,7 +19,8 @@ const JOB_TYPE = {
         { key: "engine_python", type: "string", default: "{engine_python}", visible: "submission",
           description: "The Python of the engine's environment on the workers (a manager variable by default)" },
         { key: "engine_root", type: "string", default: "{engine_root}", visible: "submission",
-          description: "The folder on the workers that holds engine/ and blender_equi360/ (a manager variable by default)" },
+          description: "The folder on the workers that holds engine/ and blender_equi360/ (a manager variable "
+                       + "by default)" },
     ],
 };
 
