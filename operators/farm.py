@@ -33,6 +33,10 @@ class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
     bl_label = "Submit to Flamenco"
     bl_options = {"REGISTER"}
 
+    @classmethod
+    def poll(cls, context):  # a local conversion reads the scene's job state when it ends
+        return not scene_of(context).equi360.running
+
     def execute(self, context):
         prefs, scene = preferences(context), scene_of(context)
         state = scene.equi360
