@@ -133,8 +133,9 @@ class DraftGenerator:
         started = time.monotonic()
         for k, frame in enumerate(frames[:window.frames], 1):
             self.channel.check_cancel()
-            yield fill_frame(frame, self.mask)
+            filled = fill_frame(frame, self.mask)
             self.channel.progress("draft", k, window.frames, started)
+            yield filled
 
     def report(self) -> dict:
         return {"peak_vram_gb": None}

@@ -3,7 +3,6 @@
 submitted to a Flamenco manager as one job, one task per strip (``blender_equi360/flamenco.py``)."""
 
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import bpy
@@ -12,18 +11,6 @@ from ..blender_equi360 import Equi360Error, flamenco
 from .compat import sequencer_scene as scene_of
 from .ops import prepare_job, strips_to_convert
 from .preferences import preferences
-
-
-@contextmanager
-def _jobs_under(prefs, root: Path):
-    """``prepare_job`` makes its folders under the preferences' output folder: point it at the farm's
-    root for the duration, and put the user's setting back however it ends."""
-    saved = prefs.output_dir
-    prefs.output_dir = str(root)
-    try:
-        yield
-    finally:
-        prefs.output_dir = saved
 
 
 class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
@@ -46,9 +33,8 @@ class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
             url, root = self._settings(prefs)
             strips = strips_to_convert(scene)
             info = flamenco.job_type(url)  # before any reference is built: a wrong URL fails in seconds
-            with _jobs_under(prefs, root):
-                for strip in strips:
-                    job_dirs.append(prepare_job(context, self, strip))
+            for strip in strips:
+                job_dirs.append(prepare_job(context, self, strip, root))
             name = f"{Path(bpy.data.filepath).stem or 'untitled'}: {', '.join(s.name for s in strips)}"[:100]
             job_id = flamenco.submit(url, job_dirs, name, info=info, worker_tag=prefs.flamenco_worker_tag,
                                      metadata={"blendfile": bpy.data.filepath, "shots": len(job_dirs)})

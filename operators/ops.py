@@ -50,9 +50,10 @@ def strips_to_convert(scene) -> list:
     return [scene_read.active_movie_strip(scene)]
 
 
-def prepare_job(context, operator, strip) -> Path:
-    """Read the strip and camera, build the masked reference into a new job folder, write job.json.
-    Records the job in ``scene.equi360``. Raises Equi360Error with a message for the user."""
+def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
+    """Read the strip and camera, build the masked reference into a new job folder (under ``root``, by
+    default the preferences' output folder), write job.json. Records the job in ``scene.equi360``.
+    Raises Equi360Error with a message for the user."""
     scene, prefs = scene_of(context), preferences(context)
     source = scene_read.read_strip(scene, strip)
     pose, warnings = scene_read.read_camera(scene, source)
@@ -66,7 +67,7 @@ def prepare_job(context, operator, strip) -> Path:
     job = Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
               low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size, output_frames=shown,
               window_frames=prefs.window_frames, window_overlap=prefs.window_overlap)  # checked before any work
-    job_dir = _new_job_dir(_job_root(prefs), strip.name)
+    job_dir = _new_job_dir(root or _job_root(prefs), strip.name)
     try:
         build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv",
                         ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),

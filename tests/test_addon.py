@@ -268,3 +268,27 @@ def test_convert_queues_the_selected_strips(tmp_path, clip, bpy_python):
     assert result["status"] == ["FINISHED"] and len(result["jobs"]) == 2
     results = [s for s in result["strips"] if s[0] == 2]
     assert [s[1] for s in results] == [1, 40] and len({s[2] for s in results}) == 2
+
+
+def test_a_long_strip_is_converted_whole_at_its_own_frame_rate(tmp_path):
+    """61 frames at 30 fps, windows of 25: the result has the strip's frames and rate, made in 4 windows."""
+    long_clip = write_clip(tmp_path / "long.mp4", 61, 478, 200, 30, lambda k: smooth_texture(478, 200, k / 9))
+    result = blender(tmp_path, body=f"""
+        scene.render.fps = 30
+        prefs.window_frames, prefs.window_overlap = 25, 9
+        add_camera()
+        add_strip({str(long_clip)!r})
+        status = bpy.ops.equi360.convert()
+        strips = sorted((s.channel, s.frame_final_duration) for s in scene.sequence_editor.strips_all)
+        report(status=sorted(status), job_dir=scene.equi360.job_dir, strips=strips)
+    """)
+    assert result["status"] == ["FINISHED"]
+    job_dir = result["job_dir"]
+    job = json.loads(open(os.path.join(job_dir, "job.json")).read())
+    assert (job["output_frames"], job["window_frames"], job["window_overlap"]) == (61, 25, 9)
+    windows = json.loads(open(os.path.join(job_dir, "windows.json")).read())["windows"]
+    assert [w["state"] for w in windows] == ["done"] * 4
+    from blender_equi360.video import probe
+    info = probe(os.path.join(job_dir, "result.mp4"))
+    assert (info.frame_count, info.fps) == (61, 30)
+    assert [list(s) for s in result["strips"]] == [[2, 61], [3, 61]]

@@ -68,8 +68,10 @@ def test_draft_job_end_to_end(job_dir, reference):
     inner = np.abs(np.diff(frames[10].astype(float), axis=1)).mean()
     assert seam <= 2 * inner + 1
     assert (job_dir / "engine.log").read_text().strip()
-    assert sorted(p.name for p in job_dir.iterdir()) == ["engine.log", "job.json", "mask.mkv", "reference.json",
-                                                          "reference.mkv", "result.mp4"]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["engine.log", "job.json", "job.lock", "mask.mkv",
+                                                          "reference.json", "reference.mkv", "result.mp4", "windows",
+                                                          "windows.json"]
+    assert [p.name for p in (job_dir / "windows").iterdir()] == ["window_0000.mkv"]
 
 
 @pytest.mark.parametrize("how", ["stdin", "sigint"])
