@@ -13,7 +13,8 @@ import bpy
 from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
 from ..blender_equi360.engine_process import EngineProcess
 from ..blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
-from ..blender_equi360.reference import round_up_frame_count
+from ..blender_equi360.reference import load_placement, round_up_frame_count
+from ..blender_equi360.windows import MANIFEST_FILE
 from . import compat, scene_read, world
 from .compat import sequencer_scene as scene_of  # 5.0: the Sequencer may edit another scene
 from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
@@ -67,19 +68,41 @@ def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
     job = Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
               low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size, output_frames=shown,
               window_frames=prefs.window_frames, window_overlap=prefs.window_overlap)  # checked before any work
-    job_dir = _new_job_dir(root or _job_root(prefs), strip.name)
-    try:
-        build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv",
-                        ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),
-                                          fps=source.fps, start_s=source.start_s))
-        save_job(job_dir, job)
-    except BaseException:
-        shutil.rmtree(job_dir, ignore_errors=True)
-        raise
+    settings = ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),
+                                 fps=source.fps, start_s=source.start_s)
+    root = root or _job_root(prefs)
+    job_dir = _unfinished_job(root, job, Path(source.filepath), settings)
+    if job_dir:
+        operator.report({"INFO"}, f"{strip.name}: continuing the unfinished job in {job_dir}")
+    else:
+        job_dir = _new_job_dir(root, strip.name)
+        try:
+            build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv", settings)
+            save_job(job_dir, job)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
     state = scene.equi360
     state.job_dir, state.heading_deg = str(job_dir), pose.heading_deg
     state.source_channel, state.source_start = source.channel, source.timeline_start
     return job_dir
+
+
+def _unfinished_job(root: Path, job: Job, source: Path, settings: ReferenceSettings) -> Path | None:
+    """A job folder under ``root`` that the same conversion left half-made (Blender or the engine was
+    killed): converting again continues it from its last finished window instead of starting over."""
+    for folder in sorted((p.parent for p in root.glob(f"*/{MANIFEST_FILE}")), reverse=True):  # names end in a time
+        try:
+            if load_job(folder) != job or output_path(folder, job).exists():
+                continue
+            placement = load_placement(folder / job.reference)
+        except Equi360Error:
+            continue
+        if (placement.source.resolve() == source.resolve() and placement.camera == settings.camera
+                and placement.frames == settings.frames and abs(placement.fps - settings.fps) < 1e-6
+                and abs(placement.start_s - settings.start_s) < 1e-6 and (folder / job.mask).is_file()):
+            return folder
+    return None
 
 
 def show_result(context, video: str) -> None:

@@ -271,9 +271,10 @@ def test_convert_queues_the_selected_strips(tmp_path, clip, bpy_python):
 
 
 def test_a_long_strip_is_converted_whole_at_its_own_frame_rate(tmp_path):
-    """61 frames at 30 fps, windows of 25: the result has the strip's frames and rate, made in 4 windows."""
-    long_clip = write_clip(tmp_path / "long.mp4", 61, 478, 200, 30, lambda k: smooth_texture(478, 200, k / 9))
-    result = blender(tmp_path, body=f"""
+    """33 frames at 30 fps, windows of 25: the result has the strip's frames and rate, made in 2 windows;
+    converting again after a kill continues the same job."""
+    long_clip = write_clip(tmp_path / "long.mp4", 33, 478, 200, 30, lambda k: smooth_texture(478, 200, k / 9))
+    convert = f"""
         scene.render.fps = 30
         prefs.window_frames, prefs.window_overlap = 25, 9
         add_camera()
@@ -281,14 +282,27 @@ def test_a_long_strip_is_converted_whole_at_its_own_frame_rate(tmp_path):
         status = bpy.ops.equi360.convert()
         strips = sorted((s.channel, s.frame_final_duration) for s in scene.sequence_editor.strips_all)
         report(status=sorted(status), job_dir=scene.equi360.job_dir, strips=strips)
-    """)
+    """
+    result = blender(tmp_path, body=convert)
     assert result["status"] == ["FINISHED"]
     job_dir = result["job_dir"]
     job = json.loads(open(os.path.join(job_dir, "job.json")).read())
-    assert (job["output_frames"], job["window_frames"], job["window_overlap"]) == (61, 25, 9)
+    assert (job["output_frames"], job["window_frames"], job["window_overlap"]) == (33, 25, 9)
     windows = json.loads(open(os.path.join(job_dir, "windows.json")).read())["windows"]
-    assert [w["state"] for w in windows] == ["done"] * 4
+    assert [w["state"] for w in windows] == ["done"] * 2
     from blender_equi360.video import probe
     info = probe(os.path.join(job_dir, "result.mp4"))
-    assert (info.frame_count, info.fps) == (61, 30)
-    assert [list(s) for s in result["strips"]] == [[2, 61], [3, 61]]
+    assert (info.frame_count, info.fps) == (33, 30)
+    assert [list(s) for s in result["strips"]] == [[2, 33], [3, 33]]
+
+    # Blender killed while the engine made the last window: converting the strip again continues that job.
+    manifest_path = os.path.join(job_dir, "windows.json")
+    manifest = json.loads(open(manifest_path).read())
+    manifest["windows"][-1]["state"] = "pending"
+    open(manifest_path, "w").write(json.dumps(manifest))
+    os.remove(os.path.join(job_dir, "result.mp4"))
+    kept = {name: os.stat(os.path.join(job_dir, "windows", name)).st_mtime_ns for name in ("window_0000.mkv",)}
+    again = blender(tmp_path, body=convert)
+    assert again["status"] == ["FINISHED"] and again["job_dir"] == job_dir
+    assert {name: os.stat(os.path.join(job_dir, "windows", name)).st_mtime_ns for name in kept} == kept
+    assert probe(os.path.join(job_dir, "result.mp4")).frame_count == 33

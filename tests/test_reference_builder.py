@@ -64,7 +64,7 @@ def test_frame_rate_is_resampled_to_the_nearest_source_frame(tmp_path):
     # Each source frame's brightness encodes its index: 29.97 fps in, 24 fps out.
     levels = lambda k: np.full((134, 320, 3), 20 + 5 * k, np.uint8)
     clip = write_clip(tmp_path / "count30.mp4", 40, 320, 134, Fraction(30000, 1001), levels)
-    result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=25, detect_letterbox=False))
+    result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=25, fps=24, detect_letterbox=False))
     got = [int(round((f[result_mask_known(result)].mean() - 20) / 5)) for f in read_frames(result.video)]
     assert got == [round(k * 30000 / 1001 / 24) for k in range(25)]
     assert any("resampled from 29.970 to 24" in n for n in result.notes)
@@ -215,3 +215,12 @@ def test_refuses_to_overwrite_its_source(textured_clip):
         build_reference(textured_clip, textured_clip.with_suffix(".mkv"), mask=textured_clip,
                         settings=settings())
     assert textured_clip.stat().st_size > 0
+
+
+def test_by_default_the_reference_keeps_the_clips_own_frame_rate(tmp_path):
+    levels = lambda k: np.full((134, 320, 3), 20 + 5 * k, np.uint8)
+    clip = write_clip(tmp_path / "count30.mp4", 40, 320, 134, Fraction(30000, 1001), levels)
+    result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=33, detect_letterbox=False))
+    got = [int(round((f[result_mask_known(result)].mean() - 20) / 5)) for f in read_frames(result.video)]
+    assert got == list(range(33)) and probe(result.video).fps == Fraction(30000, 1001)
+    assert not [n for n in result.notes if "resampled" in n]
