@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -50,3 +53,13 @@ def copy_job_inputs(source: Path, folder: Path, mask: str = "mask.mkv") -> Path:
 def textured_clip(tmp_path):
     """A 2.39:1 clip, 20 frames at 24 fps, moving band-limited texture."""
     return write_clip(tmp_path / "clip.mp4", 20, 320, 134, 24, lambda k: smooth_texture(320, 134, k / 5))
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """The tiny random-weight LTX-2.3 model set, made once by the real command: {name: path}."""
+    folder = tmp_path_factory.mktemp("tiny")
+    run = subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(folder)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)

@@ -30,15 +30,6 @@ OFFICIAL_30 = (1.0, .995, .9896, .9839, .9778, .9714, .9644, .957, .949, .9403, 
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    run = subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(folder)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ref")
     clip = write_clip(folder / "clip.mp4", 9, 240, 100, 24, lambda k: smooth_texture(240, 100, k / 5))

@@ -230,15 +230,6 @@ def test_a_job_another_engine_is_running_is_refused(long_reference, tmp_path):
 
 # --- the tiny LTX-2.3 model -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    run = subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(folder)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
-
-
 def ltx_job(folder, reference, models, **fields):
     copy_job_inputs(reference, folder)
     save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models),
