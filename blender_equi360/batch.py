@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .engine_process import EngineProcess
 from .errors import Equi360Error
-from .job import JOB_FILE, load_job, output_path
+from .job import JOB_FILE, delivered_path, load_job
 
 ENGINE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds the ``engine`` package
 
@@ -32,7 +32,7 @@ class Outcome:
 def is_done(job_dir: Path) -> bool:
     """The job's result exists and was written after its job.json (a changed job runs again)."""
     try:
-        out = output_path(job_dir, load_job(job_dir))
+        out = delivered_path(job_dir, load_job(job_dir))
     except Equi360Error:
         return False
     return out.is_file() and out.stat().st_mtime >= (job_dir / JOB_FILE).stat().st_mtime

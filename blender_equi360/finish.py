@@ -13,8 +13,9 @@
    with an alpha that is 1 inside the plate and falls off over a band just inside its edge, blurred with
    wrap-around so it crosses the seam correctly.
 
-The generated frames are held (they come from the model in one piece anyway); the tone and drift fits
-take a first pass over them, the delivery a second, streaming to the encoder.
+The generated frames are read three times (a re-iterable sequence: a long clip's windows are read back
+from the job folder each time): the tone fit, the drift fit, and the delivery, which streams to the
+encoder (:mod:`.delivery`: the video with its sound and 360° metadata, and compositing passes).
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ from .metrics import luma as to_luma
 from .poles import PoleRepair
 from .projection import CanvasSize, PlateMapping, box_blur, prefiltered_plate_size, sample_equirect
 from .reference import Placement
-from .video import PlaybackVideoWriter, atomic_outputs, decode_plates, probe
+from .audio import audio_for
+from .delivery import DeliverySettings, delivery
+from .video import decode_plates, probe
 
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
-# H.264 quality of the delivery. Measured on a synthetic clip with near-Nyquist detail: the plate comes
-# back at 39.7 dB over the output with CRF 16, 41.6 with 12 (+45 % bytes), 42.3 with 10.
-DELIVERY_CRF = 12
 SUPERSAMPLE = 2           # plate samples per delivered pixel, in each direction (SupersampledPlate)
 TONE_SAMPLE_STRIDE = 3    # pixels sampled for the tone fit, in each direction
 TONE_GAIN_LIMITS = (0.7, 1.4)
@@ -204,11 +204,14 @@ def _held(frames, count: int):
 
 
 def finish(generated, source: Path, placement: Placement, reference_frames, model_mask: np.ndarray,
-           out: Path, size: CanvasSize, fps: Fraction, title: str | None = None, progress=None) -> None:
+           out: Path, size: CanvasSize, fps: Fraction, title: str | None = None, progress=None,
+           settings: DeliverySettings | None = None) -> Path:
     """Write the delivered video ``out`` at ``size`` from ``generated`` (a sequence of (H, W, 3) uint8
-    frames at the model's canvas, re-iterable), the source clip and the reference's placement.
+    frames at the model's canvas, re-iterable), the source clip and the reference's placement; returns
+    the video's path (``settings`` may add ``_360`` to its name, and passes next to it).
 
     ``reference_frames`` (re-iterable, the job's reference) and ``model_mask`` drive the tone fit."""
+    settings = settings or DeliverySettings()
     known = model_mask < 128
     tone = fit_tone((g, r, known) for g, r in zip(generated, reference_frames))
     drift = _gain_image(fit_drift((tone.apply(g) for g in generated), known), *model_mask.shape[::-1])[..., None]
@@ -220,16 +223,16 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     plates = _held((bgra for _, bgra, _ in decode_plates(probe(source), placement.picture, placement.crop,
                                                          plate.plate_size, placement.fps, placement.start_s,
                                                          total)), total)
-    with atomic_outputs(out) as (tmp,):
-        writer = PlaybackVideoWriter(tmp, size.width, size.height, fps, crf=DELIVERY_CRF, title=title)
-        try:
-            for k, (frame, plate_bgra) in enumerate(zip(generated, plates), 1):
-                toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
-                canvas = resize_equirect(poles.apply(toned), size.width, size.height)
-                band = canvas[plate.rows].astype(np.float32)
-                canvas[plate.rows] = np.clip(band + (plate.project(plate_bgra) - band) * alpha + 0.5, 0, 255)
-                writer.write(canvas)
-                if progress:
-                    progress(k, total)
-        finally:
-            writer.close()
+    generated_region = np.ones((size.height, size.width), np.float32)
+    generated_region[plate.rows] = 1.0 - alpha[..., 0]
+    audio = audio_for(source, placement.start_s, total / fps) if settings.audio else None
+    with delivery(out, size, fps, settings, generated_region, title, audio) as write:
+        for k, (frame, plate_bgra) in enumerate(zip(generated, plates), 1):
+            toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
+            canvas = resize_equirect(poles.apply(toned), size.width, size.height)
+            band = canvas[plate.rows].astype(np.float32)
+            canvas[plate.rows] = np.clip(band + (plate.project(plate_bgra) - band) * alpha + 0.5, 0, 255)
+            write(canvas)
+            if progress:
+                progress(k, total)
+    return settings.video_path(Path(out))

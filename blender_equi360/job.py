@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .delivery import DeliverySettings
 from .errors import Equi360Error, IncompatibleJob
 from .projection import CanvasSize
 from .windows import OVERLAP_FRAMES, WINDOW_FRAMES, check_window_settings
@@ -53,6 +54,15 @@ class Job:
     output_frames: int | None = None    # frames delivered (the shown span); None: every frame from the clip
     window_frames: int = WINDOW_FRAMES  # a longer clip is made in overlapping windows of this many frames
     window_overlap: int = OVERLAP_FRAMES
+    # The delivery (blender_equi360/delivery.py): codec auto = H.264 up to 4096×2048, HEVC above.
+    delivery_codec: str = "auto"
+    delivery_crf: int | None = None
+    delivery_pixel_format: str = "yuv420p"
+    spherical_metadata: bool = True     # V1 + V2 360° metadata in the MP4
+    suffix_360: bool = False            # result.mp4 → result_360.mp4
+    audio: bool = True                  # the source's sound, in sync
+    passes: str | None = None           # "exr" | "png16": an image sequence for compositing as well
+    pass_alpha: str = "alpha"           # the generated region as alpha, or a "separate" mask sequence
     version: int = VERSION
 
     def __post_init__(self):
@@ -76,14 +86,22 @@ class Job:
             self.delivery_canvas
         except Equi360Error as err:
             raise Equi360Error(f"{JOB_FILE}: delivery_size: {err}") from None
+        for name in ("spherical_metadata", "suffix_360", "audio"):
+            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         try:
             check_window_settings(self.window_frames, self.window_overlap)
+            self.delivery
         except Equi360Error as err:
             raise Equi360Error(f"{JOB_FILE}: {err}") from None
 
     @property
     def delivery_canvas(self) -> CanvasSize:
         return CanvasSize.parse(self.delivery_size)
+
+    @property
+    def delivery(self) -> DeliverySettings:
+        return DeliverySettings(self.delivery_codec, self.delivery_crf, self.delivery_pixel_format,
+                                self.spherical_metadata, self.suffix_360, self.audio, self.passes, self.pass_alpha)
 
     @property
     def full_prompt(self) -> str:
@@ -145,7 +163,12 @@ def job_path(job_dir, relative: str) -> Path:
 
 
 def output_path(job_dir, job: Job) -> Path:
-    """Where the engine writes the result; refuses anything outside the job folder."""
+    """Where the engine writes the result, as ``output`` names it; refuses anything outside the job folder."""
     out = job_path(job_dir, job.output)
     _check(Path(job_dir).resolve() in out.parents, f"output {job.output!r} must be inside the job folder")
     return out
+
+
+def delivered_path(job_dir, job: Job) -> Path:
+    """The delivered video's path: ``output``, with ``_360`` added when the job asks for it."""
+    return job.delivery.video_path(output_path(job_dir, job))

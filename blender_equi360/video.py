@@ -327,26 +327,43 @@ class LosslessVideoWriter(_Writer):
 
 
 class PlaybackVideoWriter(_Writer):
-    """RGB frames to H.264 (yuv420p, limited range, converted and tagged as BT.709) in MP4: what a camera
-    or an editor delivers, and what players and Blender read everywhere."""
+    """RGB frames to H.264 or HEVC (4:2:0, limited range, converted and tagged as BT.709) in MP4: what a
+    camera or an editor delivers, and what players and Blender read everywhere; with the source's sound
+    when ``audio`` gives it (float chunks from :func:`.audio.source_audio`), muxed as the picture goes."""
 
     # Without accurate rounding and full chroma interpolation swscale is off by a level or two.
     _RGB_TO_YUV = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+    ENCODERS = {"h264": ("libx264", {}), "hevc": ("libx265", {"x265-params": "log-level=error"})}
 
-    def __init__(self, path: Path, width: int, height: int, fps, crf: int = 16, title: str | None = None):
-        super().__init__(path, width, height, fps, "libx264", "yuv420p", {"crf": str(crf), "preset": "medium"},
+    def __init__(self, path: Path, width: int, height: int, fps, crf: int = 16, title: str | None = None,
+                 codec: str = "h264", pix_fmt: str = "yuv420p", audio=None):
+        name, options = self.ENCODERS[codec]
+        super().__init__(path, width, height, fps, name, pix_fmt, {"crf": str(crf), "preset": "medium", **options},
                          container_format="mp4")
+        if codec == "hevc":
+            self.stream.codec_tag = "hvc1"  # the tag Apple's players and QuickTime want
         if title:
             self.container.metadata["title"] = self.container.metadata["comment"] = title
         context = self.stream.codec_context
         context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709, so readers don't guess
         context.color_range = 1  # limited ("tv")
+        self.fps, self.frames, self.pix_fmt = Fraction(fps), 0, pix_fmt
+        from .audio import AudioEncoder
+        self.audio = AudioEncoder(self.container, audio) if audio is not None else None
 
     def write(self, rgb: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-            format="yuv420p", src_colorspace="ITU709", dst_colorspace="ITU709", src_color_range="JPEG",
+            format=self.pix_fmt, src_colorspace="ITU709", dst_colorspace="ITU709", src_color_range="JPEG",
             dst_color_range="MPEG", interpolation=self._RGB_TO_YUV)
         self.encode(frame)
+        self.frames += 1
+        if self.audio:
+            self.audio.until(self.frames / self.fps)
+
+    def close(self) -> None:
+        if self.audio:
+            self.audio.until(None)
+        super().close()
 
 
 def write_held_image(path: Path, image_gray: np.ndarray, frames: int, fps: Fraction) -> None:

@@ -12,7 +12,7 @@ import bpy
 
 from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
 from ..blender_equi360.engine_process import EngineProcess
-from ..blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
+from ..blender_equi360.job import Job, ModelFiles, delivered_path, load_job, save_job
 from ..blender_equi360.reference import load_placement, round_up_frame_count
 from ..blender_equi360.windows import MANIFEST_FILE
 from . import compat, scene_read, world
@@ -93,7 +93,7 @@ def _unfinished_job(root: Path, job: Job, source: Path, settings: ReferenceSetti
     killed): converting again continues it from its last finished window instead of starting over."""
     for folder in sorted((p.parent for p in root.glob(f"*/{MANIFEST_FILE}")), reverse=True):  # names end in a time
         try:
-            if load_job(folder) != job or output_path(folder, job).exists():
+            if load_job(folder) != job or delivered_path(folder, job).exists():
                 continue
             placement = load_placement(folder / job.reference)
         except Equi360Error:
@@ -339,4 +339,4 @@ def _chosen_video(filepath: str, job_dir: str) -> str:
         return bpy.path.abspath(filepath)
     if not job_dir:
         raise Equi360Error("no job yet: build a reference or convert a strip first")
-    return str(output_path(job_dir, load_job(job_dir)))
+    return str(delivered_path(job_dir, load_job(job_dir)))
