@@ -95,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("job_dirs", nargs="+", metavar="JOB_DIR")
     bt.add_argument("--python", default=sys.executable,
                     help="the engine's Python (default: this one)")
+    pv = sub.add_parser("preview", help="one PNG: the equirect frame and six views around, the plate outlined",
+                        description="Write a preview sheet of a 360° video: the equirect frame, and 90° views "
+                                    "front, left, right, back, up and down, with the plate outlined.")
+    pv.add_argument("video", help="the 360° (equirect) video")
+    pv.add_argument("-o", "--output", required=True, help="the sheet to write (.png)")
+    pv.add_argument("--frame", type=int, help="which frame, from 0 (default: the middle one)")
+    pv.add_argument("--job", metavar="JOB_DIR", help="its job folder, for the plate outline (default: the "
+                                                      "video's folder when it holds job.json)")
+    pv.add_argument("--view-size", type=int, default=480, metavar="PX", help="each view's size (default 480)")
     return parser
 
 
@@ -140,10 +149,18 @@ def _batch(args) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _preview(args) -> int:
+    from .preview import preview_sheet
+    if args.view_size < 64:
+        raise Equi360Error("--view-size must be at least 64 pixels")
+    print(f"wrote {preview_sheet(args.video, args.output, args.frame, args.job, args.view_size)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"reference": _reference, "score": _score, "batch": _batch}[args.command](args)
+        return {"reference": _reference, "score": _score, "batch": _batch, "preview": _preview}[args.command](args)
     except Equi360Error as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,7 +25,7 @@ import numpy as np
 from .errors import Equi360Error
 from .projection import CanvasSize
 from .spherical import inject_spherical
-from .video import PlaybackVideoWriter, atomic_outputs
+from .video import PlaybackVideoWriter, atomic_outputs, encode_image
 
 H264_MAX = (4096, 2048)
 CODECS = ("auto", "h264", "hevc")
@@ -104,22 +104,13 @@ class PassWriter:
             write_png16(mask, np.repeat(self.generated[..., None], 3, axis=2), None)
 
 
-def _encode_image(path: Path, codec: str, frame: av.VideoFrame, options: dict | None = None) -> None:
-    context = av.codec.CodecContext.create(codec, "w")
-    context.width, context.height, context.pix_fmt = frame.width, frame.height, frame.format.name
-    context.time_base = Fraction(1, 25)
-    context.options = options or {}
-    data = b"".join(bytes(p) for p in context.encode(frame) + context.encode(None))
-    path.write_bytes(data)
-
-
 def write_exr(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
     """A half-float OpenEXR (ZIP compressed) of linear ``rgb`` (H, W, 3) float, with ``alpha`` (H, W) if given."""
     planes = [rgb[..., 1], rgb[..., 2], rgb[..., 0]] + ([alpha] if alpha is not None else [])  # FFmpeg's G, B, R, A
     frame = av.VideoFrame(rgb.shape[1], rgb.shape[0], "gbrapf32le" if alpha is not None else "gbrpf32le")
     for plane, values in zip(frame.planes, planes):
         _fill_plane(plane, np.ascontiguousarray(values, np.float32), 4)
-    _encode_image(path, "exr", frame, {"format": "half", "compression": "zip16"})
+    encode_image(path, "exr", frame, {"format": "half", "compression": "zip16"})
 
 
 def write_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
@@ -128,7 +119,7 @@ def write_png16(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
     values = np.clip(np.rint(channels * 65535), 0, 65535).astype(np.uint16)  # PyAV orders the bytes
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(values), format="rgba64be" if alpha is not None
                                        else "rgb48be")
-    _encode_image(path, "png", frame)
+    encode_image(path, "png", frame)
 
 
 def _fill_plane(plane, values: np.ndarray, itemsize: int) -> None:
@@ -157,6 +148,24 @@ def read_png16(path) -> np.ndarray:
     deep = frame.format.name in ("rgb48be", "rgba64be", "gray16be")
     values = frame.to_ndarray()
     return values.astype(np.float32) / (65535.0 if deep else 255.0)
+
+
+SEQUENCE_SUFFIXES = (".exr", ".png")
+
+
+def image_sequence(path) -> list[Path] | None:
+    """The frames of an image sequence named by one of its files (``NAME.000001.exr``) or by its folder
+    (the passes folder: its picture frames, not the masks), in order; None when ``path`` is not one."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SEQUENCE_SUFFIXES
+                       and p.stem.rpartition(".")[2].isdigit() and not p.stem.rpartition(".")[0].endswith("_mask"))
+        return image_sequence(files[0]) if files else None
+    prefix, dot, number = path.stem.rpartition(".")
+    if path.suffix.lower() not in SEQUENCE_SUFFIXES or not dot or not number.isdigit() or not path.is_file():
+        return None
+    frames = sorted(path.parent.glob(f"{prefix}.{'[0-9]' * len(number)}{path.suffix}"))
+    return frames
 
 
 @contextmanager

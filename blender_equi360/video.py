@@ -366,6 +366,15 @@ class PlaybackVideoWriter(_Writer):
         super().close()
 
 
+def encode_image(path: Path, codec: str, frame, options: dict | None = None) -> None:
+    """One picture as an image file (``png``, ``exr``) through FFmpeg's encoder for it."""
+    context = av.codec.CodecContext.create(codec, "w")
+    context.width, context.height, context.pix_fmt = frame.width, frame.height, frame.format.name
+    context.time_base = Fraction(1, 25)
+    context.options = options or {}
+    Path(path).write_bytes(b"".join(bytes(p) for p in context.encode(frame) + context.encode(None)))
+
+
 def write_held_image(path: Path, image_gray: np.ndarray, frames: int, fps: Fraction) -> None:
     """A lossless video of one gray image held for ``frames`` frames. FFV1 codes every frame on its own,
     so the image is encoded once and its packet muxed again for each timestamp."""

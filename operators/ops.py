@@ -12,6 +12,8 @@ import bpy
 
 from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
 from ..blender_equi360.engine_process import EngineProcess
+from ..blender_equi360.preview import preview_sheet
+from ..blender_equi360.video import probe
 from ..blender_equi360.job import Job, ModelFiles, delivered_path, load_job, save_job
 from ..blender_equi360.reference import load_placement, round_up_frame_count
 from ..blender_equi360.windows import MANIFEST_FILE
@@ -67,7 +69,11 @@ def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
                            for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
     job = Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
               low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size, output_frames=shown,
-              window_frames=prefs.window_frames, window_overlap=prefs.window_overlap)  # checked before any work
+              window_frames=prefs.window_frames, window_overlap=prefs.window_overlap,
+              delivery_codec=prefs.delivery_codec, delivery_crf=None if prefs.delivery_crf < 0 else prefs.delivery_crf,
+              delivery_pixel_format=prefs.delivery_pixel_format, spherical_metadata=prefs.spherical_metadata,
+              suffix_360=prefs.suffix_360, audio=prefs.audio, passes=None if prefs.passes == "none" else prefs.passes,
+              pass_alpha=prefs.pass_alpha)  # checked before any work
     settings = ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),
                                  fps=source.fps, start_s=source.start_s)
     root = root or _job_root(prefs)
@@ -312,6 +318,31 @@ class EQUI360_OT_add_strip(bpy.types.Operator):
         except (Equi360Error, OSError) as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class EQUI360_OT_show_preview(bpy.types.Operator):
+    """Make the preview sheet of the 360° result (the equirect frame and six views around, the plate
+    outlined) at the current frame, and show it in an Image Editor"""
+    bl_idname = "equi360.show_preview"
+    bl_label = "Show 360° Preview Sheet"
+    bl_options = {"REGISTER"}
+
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH", description="Equirect video (default: the job's result)")
+
+    def execute(self, context):
+        scene = scene_of(context)
+        state = scene.equi360
+        try:
+            video = Path(_chosen_video(self.filepath, state.job_dir))
+            frame = max(0, scene.frame_current - state.source_start)
+            count = probe(video).frame_count
+            sheet = preview_sheet(video, video.with_name(f"{video.stem}_preview.png"), min(frame, count - 1))
+        except (Equi360Error, OSError) as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        image = world.show_image(context, str(sheet))
+        self.report({"INFO"}, f"preview sheet: {sheet} ({image.size[0]}×{image.size[1]})")
         return {"FINISHED"}
 
 

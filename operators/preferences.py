@@ -50,6 +50,28 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         name="Overlap", default=25, min=9, max=121,
         description="Frames each window shares with the previous one (8k+1): it is conditioned on them and they "
                     "are cross-faded, so the generated region carries on across windows")
+    delivery_codec: EnumProperty(name="Codec", default="auto", items=(
+        ("auto", "Auto", "H.264 up to 4096×2048 (what hardware decoders take), HEVC above"),
+        ("h264", "H.264", "Plays everywhere; hardware decoders stop at 4096×2048"),
+        ("hevc", "HEVC", "Smaller files at the same quality; needs an HEVC decoder")))
+    delivery_crf: IntProperty(name="Quality (CRF)", default=-1, min=-1, max=51,
+                              description="Constant rate factor: lower is better and bigger; -1: the codec's "
+                                          "delivery default (H.264 12, HEVC 14)")
+    delivery_pixel_format: EnumProperty(name="Pixel format", default="yuv420p", items=(
+        ("yuv420p", "8-bit 4:2:0", "What every player decodes"),
+        ("yuv420p10le", "10-bit 4:2:0", "Smoother skies with HEVC; few players decode 10-bit H.264")))
+    spherical_metadata: BoolProperty(name="360° metadata", default=True,
+                                     description="Mark the video as 360° (V1 and V2 spherical metadata) so "
+                                                 "headsets, YouTube and players show it as a sphere")
+    suffix_360: BoolProperty(name="_360 in the name", description="result_360.mp4: some players only read that")
+    audio: BoolProperty(name="Sound", default=True, description="Carry the strip's sound over, in sync")
+    passes: EnumProperty(name="Passes", default="none", items=(
+        ("none", "None", "The video only"),
+        ("exr", "OpenEXR", "Half-float linear EXR frames as well, for compositing"),
+        ("png16", "PNG 16-bit", "16-bit PNG frames as well, for compositing")))
+    pass_alpha: EnumProperty(name="Generated region", default="alpha", items=(
+        ("alpha", "As alpha", "The passes' alpha is 1 where the picture is generated, 0 on the plate"),
+        ("separate", "Separate mask", "A mask sequence next to the passes")))
     output_dir: StringProperty(name="Output folder", subtype="DIR_PATH",
                                description="Where job folders go (default: the extension's user folder)")
     check_report: StringProperty(name="Engine check", default="")
@@ -71,7 +93,20 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         row.prop(self, "backend")
         row.prop(self, "preset")
         row.prop(self, "low_vram")
-        layout.prop(self, "delivery_size")
+        delivery = layout.box()
+        delivery.label(text="Delivery")
+        delivery.prop(self, "delivery_size")
+        row = delivery.row()
+        row.prop(self, "delivery_codec")
+        row.prop(self, "delivery_crf")
+        row.prop(self, "delivery_pixel_format")
+        row = delivery.row()
+        row.prop(self, "spherical_metadata")
+        row.prop(self, "suffix_360")
+        row.prop(self, "audio")
+        row = delivery.row()
+        row.prop(self, "passes")
+        row.prop(self, "pass_alpha")
         row = layout.row()
         row.prop(self, "window_frames")
         row.prop(self, "window_overlap")

@@ -30,6 +30,7 @@ class EQUI360_PT_sequencer(bpy.types.Panel):
         col.operator("equi360.load_world", icon="WORLD_DATA")
         col.operator("equi360.add_strip", icon="SEQUENCE")
         col.operator("equi360.add_preview_camera", icon="CAMERA_DATA")
+        col.operator("equi360.show_preview", icon="IMAGE_DATA")
 
 
 class EQUI360_PT_world(bpy.types.Panel):
@@ -45,3 +46,4 @@ class EQUI360_PT_world(bpy.types.Panel):
         _progress(layout, state)
         layout.operator("equi360.load_world", icon="WORLD_DATA")
         layout.operator("equi360.add_preview_camera", icon="CAMERA_DATA")
+        layout.operator("equi360.show_preview", icon="IMAGE_DATA")

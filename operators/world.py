@@ -10,6 +10,7 @@ import os
 import bpy
 
 from ..blender_equi360 import Equi360Error
+from ..blender_equi360.delivery import image_sequence
 from ..blender_equi360.video import probe
 from . import compat
 
@@ -17,19 +18,33 @@ NODE_PREFIX = "Equi360 "  # our world nodes, so that loading again replaces them
 PREVIEW_CAMERA = "Equi360 Preview"
 
 
+def _media(path: str) -> tuple[str, int | None]:
+    """A video file, or an image sequence (one of its frames, or the passes folder): the file Blender
+    opens and, for a sequence, its length."""
+    frames = image_sequence(path)
+    if frames:
+        return str(frames[0]), len(frames)
+    if not os.path.isfile(path):
+        raise Equi360Error(f"{path}: no such video or image sequence")
+    return path, None
+
+
 def load_world(scene, video_path: str, heading_deg: float = 0.0, frame_start: int | None = None):
-    """The equirect video as the scene world's background: Environment Texture (movie, its first frame at
-    ``frame_start``, default the scene's; auto-refresh) behind a Mapping that turns the canvas centre to
-    ``heading_deg`` (from +X towards +Y)."""
-    if not os.path.isfile(video_path):
-        raise Equi360Error(f"{video_path}: no such video")
-    wanted = os.path.realpath(video_path)
+    """The equirect video (or image sequence) as the scene world's background: Environment Texture (its
+    first frame at ``frame_start``, default the scene's; auto-refresh) behind a Mapping that turns the
+    canvas centre to ``heading_deg`` (from +X towards +Y)."""
+    path, sequence_length = _media(video_path)
+    wanted = os.path.realpath(path)
     image = next((i for i in bpy.data.images if os.path.realpath(bpy.path.abspath(i.filepath)) == wanted), None)
     if image is None:
-        image = bpy.data.images.load(video_path)
-        if image.source != "MOVIE" or image.frame_duration < 1 or image.size[0] == 0:
+        image = bpy.data.images.load(path)
+        # A sequence's first frame opens as a still image (FILE), read and checked before it becomes one.
+        readable = image.source in (("FILE", "SEQUENCE") if sequence_length else ("MOVIE",))
+        if not readable or image.frame_duration < 1 or image.size[0] == 0:
             bpy.data.images.remove(image)
-            raise Equi360Error(f"{video_path}: Blender cannot read it as a movie")
+            raise Equi360Error(f"{video_path}: Blender cannot read it as a movie or an image sequence")
+        if sequence_length:
+            image.source = "SEQUENCE"
     world = scene.world or bpy.data.worlds.new("Equi360 World")
     scene.world = world
     tree = compat.world_node_tree(world)
@@ -52,7 +67,7 @@ def load_world(scene, video_path: str, heading_deg: float = 0.0, frame_start: in
     env.image = image
     env.projection = "EQUIRECTANGULAR"
     user = env.image_user
-    user.frame_duration = image.frame_duration
+    user.frame_duration = sequence_length or image.frame_duration
     user.frame_start = scene.frame_start if frame_start is None else frame_start
     user.frame_offset = 0
     user.use_auto_refresh = True
@@ -91,18 +106,45 @@ def add_preview_camera(scene, location=None):
 
 
 def add_strip(scene, video_path: str, above_channel: int, frame_start: int, name: str = "360°"):
-    """The video as a movie strip on the first channel above ``above_channel`` that is free over its span."""
-    if not os.path.isfile(video_path):
-        raise Equi360Error(f"{video_path}: no such video")
-    end = frame_start + probe(video_path).frame_count
+    """The video (a movie strip) or image sequence (an image strip) on the first channel above
+    ``above_channel`` that is free over its span."""
+    path, sequence_length = _media(video_path)
+    end = frame_start + (sequence_length or probe(path).frame_count)
     editor = scene.sequence_editor or scene.sequence_editor_create()
     channel = above_channel + 1
     while any(s.channel == channel and s.frame_final_start < end and s.frame_final_end > frame_start
               for s in compat.strips(editor, everything=True)):
         channel += 1
     collection = compat.strips(editor)
-    strip = collection.new_movie(name=name, filepath=video_path, channel=channel, frame_start=frame_start)
+    if sequence_length:
+        frames = image_sequence(video_path)
+        strip = collection.new_image(name=name, filepath=str(frames[0]), channel=channel, frame_start=frame_start)
+        for frame in frames[1:]:
+            strip.elements.append(frame.name)
+        return strip
+    strip = collection.new_movie(name=name, filepath=path, channel=channel, frame_start=frame_start)
     if strip.fps <= 0:
         collection.remove(strip)
         raise Equi360Error(f"{video_path}: Blender cannot read it as a movie")
     return strip
+
+
+def show_image(context, path: str):
+    """The image file in an Image Editor: the open one, else a new window (with a UI); reloaded if
+    Blender already has it. Returns the image datablock."""
+    wanted = os.path.realpath(path)
+    image = next((i for i in bpy.data.images if os.path.realpath(bpy.path.abspath(i.filepath)) == wanted), None)
+    if image is None:
+        image = bpy.data.images.load(path)
+    else:
+        image.reload()
+    if bpy.app.background or context.window_manager is None:
+        return image
+    editors = [a for w in context.window_manager.windows for a in w.screen.areas if a.type == "IMAGE_EDITOR"]
+    if not editors:
+        bpy.ops.wm.window_new()
+        area = context.window_manager.windows[-1].screen.areas[0]
+        area.type = "IMAGE_EDITOR"
+        editors = [area]
+    editors[0].spaces.active.image = image
+    return image

@@ -103,6 +103,7 @@ def blender(tmp_path, body: str, bpy_python=sys.executable, timeout=300) -> dict
 
 def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, clip, bpy_python):
     result = blender(tmp_path, bpy_python=bpy_python, body=f"""
+        prefs.suffix_360, prefs.passes = True, "exr"
         add_camera(heading=30.0, pitch=5.0)
         add_strip({str(clip)!r})
         status = bpy.ops.equi360.convert()
@@ -113,15 +114,28 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
         preview = bpy.data.objects["Equi360 Preview"]
         strips = sorted((s.channel, s.frame_final_start, s.name, s.filepath, s.frame_final_duration)
                         for s in scene.sequence_editor.strips_all)
-        report(status=sorted(status), job_dir=state.job_dir, heading=state.heading_deg, image=env.image.filepath,
-               source=env.image.source, frame_start=env.image_user.frame_start,
-               rotation=list(mapping.inputs["Rotation"].default_value), pano=[preview.data.type, preview.data.panorama_type],
-               preview_location=list(preview.location), strips=strips, status_text=state.status)
+        values = dict(status=sorted(status), job_dir=state.job_dir, heading=state.heading_deg,
+                      image=env.image.filepath, source=env.image.source, frame_start=env.image_user.frame_start,
+                      rotation=list(mapping.inputs["Rotation"].default_value),
+                      pano=[preview.data.type, preview.data.panorama_type], preview_location=list(preview.location),
+                      strips=strips, status_text=state.status)
+        # The compositing passes, as the world and as a strip; the preview sheet in an image.
+        passes = os.path.join(state.job_dir, "result_passes")
+        bpy.ops.equi360.load_world(filepath=passes)
+        env = next(n for n in scene.world.node_tree.nodes if n.type == "TEX_ENVIRONMENT")
+        bpy.ops.equi360.add_strip(filepath=passes)
+        image_strip = next(s for s in scene.sequence_editor.strips_all if s.type == "IMAGE")
+        scene.frame_current = 20
+        sheet = bpy.ops.equi360.show_preview()
+        sheets = [i for i in bpy.data.images if i.filepath.endswith("_preview.png")]
+        report(**values, pass_source=env.image.source, pass_duration=env.image_user.frame_duration,
+               pass_strip=[image_strip.channel, image_strip.frame_final_duration, len(image_strip.elements)],
+               sheet=sorted(sheet), sheet_size=list(sheets[0].size))
     """)
     assert result["status"] == ["FINISHED"]
     job = json.loads(open(os.path.join(result["job_dir"], "job.json")).read())
     assert job["backend"] == "draft" and job["reference"] == "reference.mkv"
-    video = os.path.join(result["job_dir"], "result.mp4")
+    video = os.path.join(result["job_dir"], "result_360.mp4")
     assert result["image"] == video and result["source"] == "MOVIE" and result["frame_start"] == 10
     assert result["heading"] == pytest.approx(30.0, abs=1e-3)
     assert result["rotation"][2] == pytest.approx(-math.radians(30.0), abs=1e-5)
@@ -130,6 +144,11 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
     assert result["strips"][1][:2] in ([3, 10], (3, 10)) and result["strips"][1][3] == video
     assert result["strips"][1][4] == result["strips"][0][4] == 24  # as long as the source strip
     assert result["status_text"].startswith("DRAFT done")
+    from blender_equi360.spherical import read_spherical
+    assert read_spherical(video).projection == "equirectangular"  # the delivery is marked 360° by default
+    assert result["pass_source"] == "SEQUENCE" and result["pass_duration"] == 24
+    assert result["pass_strip"] == [4, 24, 24]
+    assert result["sheet"] == ["FINISHED"] and result["sheet_size"][0] > 0
 
 
 def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, clip, bpy_python):
