@@ -22,7 +22,7 @@ from blender_equi360.projection import CanvasSize
 from blender_equi360.reference import ReferenceSettings, build_reference
 from blender_equi360.video import read_frames
 from conftest import ROOT, copy_job_inputs
-from test_engine_ltx import models  # noqa: F401  (fixture)
+
 CAMERA = Camera(hfov_deg=100.0, yaw_deg=30.0, pitch_deg=8.0, roll_deg=5.0)
 CANVAS = CanvasSize(1024, 512)
 FRAMES = 3

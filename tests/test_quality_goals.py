@@ -16,7 +16,7 @@ import pytest
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.score import score
 from conftest import smooth_texture, write_clip
-from test_engine_ltx import make_job, models, run_engine  # noqa: F401  (fixtures)
+from test_engine_ltx import make_job, run_engine  # noqa: F401  (fixtures)
 
 
 def street(width, height, phase):
