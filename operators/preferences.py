@@ -41,7 +41,9 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         ("1920x960", "1920×960", "The model's own canvas"),
         ("2560x1280", "2560×1280", ""),
         ("3840x1920", "3840×1920 (4K)", "The usual 360° delivery; the plate is laid back at this density"),
-        ("4096x2048", "4096×2048", "The largest H.264 hardware decoders take")))
+        ("4096x2048", "4096×2048", "The largest H.264 hardware decoders take"),
+        ("5760x2880", "5760×2880 (HEVC)", "Above 4096×2048 the Auto codec is HEVC"),
+        ("7680x3840", "7680×3840 (8K, HEVC)", "What YouTube wants for its sharpest 360° streams")))
     window_frames: IntProperty(
         name="Window", default=121, min=17, max=257, step=8,
         description="A longer strip is made in overlapping windows of this many frames (8k+1; 121 = 5 s at 24 fps, "
