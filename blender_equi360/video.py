@@ -430,13 +430,19 @@ def atomic_outputs(*paths: Path):
             tmp.unlink(missing_ok=True)
 
 
-def read_frames(path, fmt: str = "rgb24") -> Iterator[np.ndarray]:
-    """Decode every frame of a video as arrays (``rgb24`` (H, W, 3) or ``gray`` (H, W)), with the same
-    colour conversion as the builder."""
+def read_frames(path, fmt: str = "rgb24", start: int = 0) -> Iterator[np.ndarray]:
+    """Decode every frame of a video from frame ``start`` on as arrays (``rgb24`` (H, W, 3) or ``gray``
+    (H, W)), with the same colour conversion as the builder. A later ``start`` seeks to the keyframe
+    before it instead of decoding everything up to it (a long clip's windows read from the middle)."""
     container, stream = _open(Path(path))
     with container:
+        fps, origin = float(stream.average_rate or stream.guessed_rate or 24), _stream_origin(stream)
+        if start:
+            _seek(container, stream, (start - 0.5) / fps)
         graph = None
         for frame in container.decode(stream):
+            if start and round(_frame_time(frame, stream, origin, 0, fps) * fps) < start:
+                continue  # decoded from the keyframe before ``start``
             if graph is None:
                 graph = _graph(stream, [("scale", f"flags=bilinear+{_EXACT_COLOUR}:{_color_args(frame)}"),
                                         ("format", fmt)])

@@ -82,7 +82,7 @@ def _file_identity(path: Path) -> list | None:
 
 def window_reference(reference: Path, window: TimeWindow) -> np.ndarray:
     """The reference's frames for ``window``, its last frame held up to the model's length."""
-    frames = list(itertools.islice(read_frames(reference), window.start, window.end))
+    frames = list(itertools.islice(read_frames(reference, start=window.start), window.frames))
     if len(frames) != window.frames:
         raise EngineError("bad_input", f"{reference}: has {window.start + len(frames)} frames, fewer than the "
                                        f"{window.end} the job needs: rebuild the reference")
@@ -94,7 +94,7 @@ def conditioning_frames(previous_file: Path, previous: TimeWindow, window: TimeW
     """The previous window's output over the frames it shares with ``window``, read from its file (so a
     resumed job conditions on exactly what an uninterrupted one did)."""
     offset = window.start - previous.start
-    return np.stack(list(itertools.islice(read_frames(previous_file), offset, offset + window.overlap)))
+    return np.stack(list(itertools.islice(read_frames(previous_file, start=offset), window.overlap)))
 
 
 def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Channel):

@@ -224,3 +224,15 @@ def test_by_default_the_reference_keeps_the_clips_own_frame_rate(tmp_path):
     got = [int(round((f[result_mask_known(result)].mean() - 20) / 5)) for f in read_frames(result.video)]
     assert got == list(range(33)) and probe(result.video).fps == Fraction(30000, 1001)
     assert not [n for n in result.notes if "resampled" in n]
+
+
+def test_reading_from_a_later_frame_gives_exactly_the_frames_from_there(tmp_path):
+    """A long clip's windows read the reference from the middle: a seek, then the same frames."""
+    levels = lambda k: np.full((134, 320, 3), k % 250, np.uint8)
+    clip = write_clip(tmp_path / "count.mp4", 300, 320, 134, Fraction(30000, 1001), levels)  # past a keyframe
+    result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=None, detect_letterbox=False))
+    every = list(read_frames(result.video))
+    for start in (1, 9, 249, 250, 263, len(every) - 1, len(every)):
+        later = list(read_frames(result.video, start=start))
+        assert len(later) == len(every) - start
+        assert all(np.array_equal(a, b) for a, b in zip(later, every[start:]))
