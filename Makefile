@@ -27,8 +27,9 @@ demo: $(INSTALLED)
 	$(PY) -c "from blender_equi360.job import Job, save_job; save_job('out/demo', Job(reference='city_reference.mkv', \
 		mask='city_mask.mkv', output='city_360_draft.mp4', backend='draft'))"
 	$(PY) -m engine run out/demo > out/demo/events.jsonl
-	@echo "demo: out/demo/city_reference.mkv (+ city_mask.mkv) → out/demo/city_360_draft.mp4 (a DRAFT fill, no model);"
-	@echo "      ground truth: samples/build/city_pano.mkv"
+	$(PY) -m blender_equi360 preview out/demo/city_360_draft.mp4 -o out/demo/city_preview.png
+	@echo "demo: out/demo/city_reference.mkv (+ city_mask.mkv) → out/demo/city_360_draft.mp4 (a DRAFT fill, no model,"
+	@echo "      marked as 360°), its preview sheet out/demo/city_preview.png; ground truth: samples/build/city_pano.mkv"
 
 demo-ltx: $(INSTALLED)
 	$(PY) samples/make_city.py samples/build
