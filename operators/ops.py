@@ -233,6 +233,8 @@ class EQUI360_OT_convert(bpy.types.Operator):
         kind = event["event"]
         if kind == "progress" and event.get("total"):
             state.progress = event["step"] / event["total"]
+            if event.get("windows", 1) > 1:  # the bar covers the whole clip, window after window
+                state.progress = (event["window"] - 1 + state.progress) / event["windows"]
             eta = f", {event['eta_s']:.0f} s left" if event.get("eta_s") is not None else ""
             window = f"window {event['window']}/{event['windows']}: " if event.get("windows", 1) > 1 else ""
             state.status = f"{window}{event['stage']} {event['step']}/{event['total']}{eta}"
