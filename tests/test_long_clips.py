@@ -245,6 +245,7 @@ def test_the_model_makes_a_long_clip_in_windows_and_resumes_to_the_same_video(lo
     assert windows == {1, 2, 3, 4} and {e.get("windows") for e in events if "window" in e} == {4}
     info = probe(straight / "result.mp4")
     assert (info.frame_count, info.fps) == (FRAMES, FPS)
+    assert score(straight / "result.mp4", long_reference / "clip.mp4", straight)["goals"]["window_joins_max"]["met"]
 
     resumed = ltx_job(tmp_path / "resumed", long_reference, models)
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(resumed)], cwd=ROOT, env=CPU,
