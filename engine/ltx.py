@@ -45,6 +45,9 @@ DISTILLED_LORA_STRENGTH = 0.5
 STG_BLOCK = 28  # Lightricks' STG block of the 48-layer 2.3 transformer (the last one in a shallower test model)
 MAX_SEQUENCE_LENGTH = 1024
 LOW_VRAM_BLOCKS_PER_GROUP = 4
+# Free GPU memory under which the denoising models leave the GPU for a window's decode. A guess with room
+# to spare: the tiled decode's peak at 1920×960×121 has not been measured on a GPU yet (bench/engine_gpu.py).
+DECODE_HEADROOM_GB = 24
 # The text encoder's negative prompt for the quality recipe when the job gives none.
 NEGATIVE_PROMPT = ("blurry, out of focus, low quality, worst quality, jpeg artifacts, distorted, warped, "
                    "visible seam, stitching line, smeared poles, watermark, text, logo")
@@ -283,8 +286,8 @@ class LtxGenerator:
                 generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", return_dict=False,
                 callback_on_step_end=on_step, max_sequence_length=MAX_SEQUENCE_LENGTH, **rec.guidance)
 
-            # 3. decode, with the transformer off the GPU (it comes back for the next window)
-            self._models_to("cpu")
+            # 3. decode, with the transformer off the GPU if the decode needs its room
+            self._make_room_for_decode()
             phases.begin("decode", 1)
             video = decode(pipe.vae, latents, self.device)
             phases.step(1)
@@ -292,10 +295,21 @@ class LtxGenerator:
             _free(self.device)
         return video[:window.frames]
 
+    def _make_room_for_decode(self) -> None:
+        """The tiled decode runs beside the denoising models when the GPU has DECODE_HEADROOM_GB free;
+        otherwise they wait on the CPU (it needs their size in RAM) and come back for the next window.
+        With low VRAM, group offload already keeps them off the GPU."""
+        import torch
+        if self.device != "cuda" or self.job.low_vram:
+            return
+        _free(self.device)
+        free = torch.cuda.mem_get_info()[0] / 2**30
+        if free < DECODE_HEADROOM_GB:
+            self.channel.log(f"{free:.0f} GB free on the GPU: the transformer waits on the CPU during the decode")
+            self._models_to("cpu")
+
     def _models_to(self, device: str) -> None:
-        """Move the denoising models between the GPU and the CPU around each decode (not with low VRAM,
-        where group offload already streams them), so decoding has the memory it had alone."""
-        if self.device == "cuda" and not self.job.low_vram:
+        if self.device == "cuda" and not self.job.low_vram and self.pipe.transformer.device.type != device:
             for name in ("transformer", "connectors"):
                 getattr(self.pipe, name).to(device)
             _free(self.device)
