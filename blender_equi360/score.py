@@ -120,8 +120,9 @@ def format_report(report: dict) -> str:
     lines += [f"  tone drift        {drift} (generated − plate, levels, per band from its top latitude)",
               f"  plate flicker     {report['plate_flicker']:.2f} levels/frame"]
     if "window_joins" in report:
-        lines.append(f"  window joins      {report['window_joins']:.2f} (goal ≤ {goals['window_joins_max']['goal']:g}: "
-                     f"{_met(goals['window_joins_max'])}; 1.0 = as smooth as inside a window)")
+        joins = goals["window_joins_max"]
+        lines.append(f"  window joins      {report['window_joins']:.2f} (goal ≤ {joins['goal']:g}: {_met(joins)}; "
+                     "1.0 = as smooth as inside a window)")
     return "\n".join(lines)
 
 

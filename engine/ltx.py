@@ -216,9 +216,10 @@ class LtxGenerator:
         self.fps = check_canvas(job_path(self.job_dir, job.reference))
         configs = component_configs(header)
         self.plan = memory_plan(header, text_encoder_dir, job.low_vram)
+        plan = self.plan
         channel.log(f"LTX-2.3 on {self.device} ({self.dtype}), preset {job.preset}"
                     f"{', low VRAM' if job.low_vram else ''}; weights on the device per phase: text "
-                    f"{self.plan['text_gb']} GB, denoise {self.plan['denoise_gb']} GB, decode {self.plan['decode_gb']} GB")
+                    f"{plan['text_gb']} GB, denoise {plan['denoise_gb']} GB, decode {plan['decode_gb']} GB")
         _check_fits(self.plan, self.device, job.low_vram)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -230,7 +231,8 @@ class LtxGenerator:
             text = LTX2InContextPipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
                                          tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
             negative = job.negative_prompt if job.negative_prompt is not None else NEGATIVE_PROMPT
-            self.embeds = text.encode_prompt(job.full_prompt, negative, do_classifier_free_guidance=self.recipe.uses_cfg,
+            self.embeds = text.encode_prompt(job.full_prompt, negative,
+                                             do_classifier_free_guidance=self.recipe.uses_cfg,
                                              max_sequence_length=MAX_SEQUENCE_LENGTH, device=self.device,
                                              dtype=self.dtype)
             del text, text_encoder
