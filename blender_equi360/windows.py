@@ -59,7 +59,11 @@ class TimeWindow:
 
     @property
     def file_name(self) -> str:
-        return f"window_{self.index:04d}.mkv"
+        return window_file_name(self.index)
+
+
+def window_file_name(index: int) -> str:
+    return f"window_{index:04d}.mkv"
 
 
 def plan_windows(total: int, window: int = WINDOW_FRAMES, overlap: int = OVERLAP_FRAMES) -> list[TimeWindow]:
@@ -188,7 +192,7 @@ def open_manifest(job_dir, windows: list[TimeWindow], inputs: str) -> tuple[Mani
                               "the job over") from None
     if data.get("inputs") != inputs or recorded != windows:
         for stale in recorded_done:
-            (manifest.folder / TimeWindow(stale, 0, 0, 0, 0).file_name).unlink(missing_ok=True)
+            (manifest.folder / window_file_name(stale)).unlink(missing_ok=True)
         if recorded_done:
             notes.append(f"the job changed since {len(recorded_done)} window(s) were made: starting over")
     else:
