@@ -79,7 +79,6 @@ class AudioEncoder:
         self.stream.bit_rate = AAC_BITRATE
         self.buffer = np.zeros((2, 0), np.float32)
         self.sent = 0  # samples encoded
-        self.done = False
 
     def until(self, seconds: float | None) -> None:
         """Encode the sound up to ``seconds`` (None: all of it)."""
@@ -88,7 +87,6 @@ class AudioEncoder:
         while goal is None or self.sent + self.buffer.shape[1] < goal + size:
             chunk = next(self.chunks, None)
             if chunk is None:
-                self.done = True
                 break
             self.buffer = np.concatenate([self.buffer, chunk], axis=1)
             while self.buffer.shape[1] >= size:

@@ -99,9 +99,12 @@ class PassWriter:
         else:
             write_png16(self.folder / f"{self.name}.{number}.png", rgb.astype(np.float32) / 255.0,
                         self.generated if with_alpha else None)
-        if not with_alpha:
+        if not with_alpha:  # the camera is static, so the mask is one image: encoded once, then copied
             mask = self.folder / f"{self.name}_mask.{number}.png"
-            write_png16(mask, np.repeat(self.generated[..., None], 3, axis=2), None)
+            if self.count == 1:
+                write_png16(mask, np.repeat(self.generated[..., None], 3, axis=2), None)
+            else:
+                shutil.copyfile(self.folder / f"{self.name}_mask.{1:06d}.png", mask)
 
 
 def write_exr(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:

@@ -27,12 +27,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .audio import audio_for
+from .delivery import DeliverySettings, delivery
 from .metrics import luma as to_luma
 from .poles import PoleRepair
 from .projection import CanvasSize, PlateMapping, box_blur, prefiltered_plate_size, sample_equirect
 from .reference import Placement
-from .audio import audio_for
-from .delivery import DeliverySettings, delivery
 from .video import decode_plates, probe
 
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
@@ -137,11 +137,19 @@ def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     return box_blur(eroded, radius, wrap_width=True)
 
 
-def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(frame: np.ndarray, width: int, height: int, interpolation: str = "LANCZOS") -> np.ndarray:
+    """An RGB (H, W, 3) or gray (H, W) uint8 image resized by swscale."""
     if frame.shape[1] == width and frame.shape[0] == height:
         return frame
-    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return image.reformat(width=width, height=height, interpolation="LANCZOS").to_ndarray()
+    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24" if frame.ndim == 3 else "gray")
+    return image.reformat(width=width, height=height, interpolation=interpolation).to_ndarray()
+
+
+def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A mask resized by nearest neighbour: its values stay the ones it had."""
+    rows = (np.arange(height) * image.shape[0]) // height
+    cols = (np.arange(width) * image.shape[1]) // width
+    return image[rows][:, cols]
 
 
 def resize_equirect(frame: np.ndarray, width: int, height: int, wrap: int = 8) -> np.ndarray:

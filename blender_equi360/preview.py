@@ -15,6 +15,7 @@ import numpy as np
 
 from .camera import Camera
 from .errors import Equi360Error
+from .finish import resize, resize_nearest
 from .job import JOB_FILE, job_path, load_job
 from .projection import equirect_to_perspective
 from .video import atomic_outputs, encode_image, probe, read_frames
@@ -66,15 +67,12 @@ def _outline(region: np.ndarray, width: int = 2) -> np.ndarray:
     return region & ~inner
 
 
-def _plate_region(job_dir: Path | None, width: int, height: int) -> np.ndarray | None:
-    """Where the plate is on a ``width``×``height`` canvas, from the job's mask (None without a job)."""
+def _job_mask(job_dir: Path | None) -> np.ndarray | None:
+    """The job's mask (255 generated, 0 plate), or None without a job."""
     if job_dir is None:
         return None
     job = load_job(job_dir)
-    mask = next(read_frames(job_path(job_dir, job.mask), "gray"))
-    rows = (np.arange(height) * mask.shape[0]) // height
-    cols = (np.arange(width) * mask.shape[1]) // width
-    return mask[rows][:, cols] < 128
+    return next(read_frames(job_path(job_dir, job.mask), "gray"))
 
 
 def _job_of(video: Path) -> Path | None:
@@ -95,13 +93,14 @@ def preview_sheet(video, output, frame: int | None = None, job_dir=None, view_si
     if picture is None:
         raise Equi360Error(f"{video}: has no frame {index} (it has {info.frame_count})")
     job_dir = Path(job_dir) if job_dir is not None else _job_of(video)
-    plate = _plate_region(job_dir, info.width, info.height)
+    mask = _job_mask(job_dir)
+    plate = resize_nearest(mask, info.width, info.height) < 128 if mask is not None else None
 
     v = view_size
     sheet = np.full((int(1.5 * v) + 2 * v + 4 * GAP, 3 * v + 4 * GAP, 3), BACKGROUND, np.uint8)
-    top = _resized(picture, 3 * v, int(1.5 * v))
-    if plate is not None:
-        top[_outline(_resized(plate.astype(np.uint8) * 255, 3 * v, int(1.5 * v)) > 127)] = OUTLINE
+    top = resize(picture, 3 * v, int(1.5 * v), interpolation="AREA")
+    if mask is not None:
+        top[_outline(resize_nearest(mask, top.shape[1], top.shape[0]) < 128)] = OUTLINE
     sheet[GAP:GAP + top.shape[0], GAP:GAP + top.shape[1]] = top
     for k, (name, yaw, pitch) in enumerate(VIEWS):
         camera = Camera(VIEW_FOV_DEG, yaw_deg=yaw, pitch_deg=pitch)
@@ -115,12 +114,6 @@ def preview_sheet(video, output, frame: int | None = None, job_dir=None, view_si
         sheet[y:y + v, x:x + v] = view
     write_png(output, sheet)
     return output
-
-
-def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    fmt = "rgb24" if image.ndim == 3 else "gray"
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=fmt)
-    return frame.reformat(width=width, height=height, interpolation="AREA").to_ndarray()
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

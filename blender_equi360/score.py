@@ -19,6 +19,7 @@ import numpy as np
 
 from . import sphere_metrics
 from .errors import Equi360Error
+from .finish import resize_nearest
 from .job import job_path, load_job
 from .metrics import luma, psnr, ssim
 from .projection import CanvasSize, equirect_to_perspective, prefiltered_plate_size
@@ -41,7 +42,7 @@ def score(output, source, job_dir) -> dict:
     if count < 1:
         raise Equi360Error(f"{output}: no frames to score")
     if (info_out.width, info_out.height) != (mask.shape[1], mask.shape[0]):
-        mask = _resize_nearest(mask, info_out.width, info_out.height)
+        mask = resize_nearest(mask, info_out.width, info_out.height)
     # Compare at the plate density this output's canvas carries (the source prefiltered the same way).
     plate_w, plate_h = prefiltered_plate_size(placement.camera, placement.window,
                                               CanvasSize(info_out.width, info_out.height))
@@ -95,12 +96,6 @@ def _mean_bands(per_frame: list[list[dict]]) -> list[dict]:
         values = [frame[b]["drift"] for frame in per_frame if frame[b]["drift"] is not None]
         out.append({"lat_deg": band["lat_deg"], "drift": float(np.mean(values)) if values else None})
     return out
-
-
-def _resize_nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-    rows = (np.arange(height) * mask.shape[0] // height)
-    cols = (np.arange(width) * mask.shape[1] // width)
-    return mask[rows][:, cols]
 
 
 def format_report(report: dict) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from blender_equi360.errors import Equi360Error, IncompatibleJob
 from blender_equi360.job import LOG_FILE, Job, job_path, load_job, output_path
 from blender_equi360.protocol import EXIT_CODES
-from blender_equi360.video import LosslessVideoWriter, atomic_outputs, probe, read_frames
+from blender_equi360.video import LosslessVideoWriter, atomic_outputs, read_frames
 from blender_equi360.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
 
 from . import draft, ltx
@@ -111,11 +111,11 @@ def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Chan
                 f"(overlap {job.window_overlap}); {len(pending)} to make")
     if not pending:
         return manifest
-    info = probe(reference)
     generator.prepare()
     for window in pending:
         channel.window = (window.index + 1, len(windows))
         frames = window_reference(reference, window)
+        height, width = frames.shape[1:3]
         condition = None
         if window.overlap:
             previous = windows[window.index - 1]
@@ -123,7 +123,7 @@ def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Chan
         made = generator.generate(window, frames, condition, job.seed + window.index)
         del frames, condition
         with atomic_outputs(manifest.window_path(window)) as (tmp,):
-            writer = LosslessVideoWriter(tmp, info.width, info.height, placement.frame_rate)
+            writer = LosslessVideoWriter(tmp, width, height, placement.frame_rate)
             try:
                 for frame in itertools.islice(made, window.frames):
                     writer.write_rgb(frame)

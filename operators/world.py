@@ -34,8 +34,7 @@ def load_world(scene, video_path: str, heading_deg: float = 0.0, frame_start: in
     first frame at ``frame_start``, default the scene's; auto-refresh) behind a Mapping that turns the
     canvas centre to ``heading_deg`` (from +X towards +Y)."""
     path, sequence_length = _media(video_path)
-    wanted = os.path.realpath(path)
-    image = next((i for i in bpy.data.images if os.path.realpath(bpy.path.abspath(i.filepath)) == wanted), None)
+    image = _loaded_image(path)
     if image is None:
         image = bpy.data.images.load(path)
         # A sequence's first frame opens as a still image (FILE), read and checked before it becomes one.
@@ -75,6 +74,12 @@ def load_world(scene, video_path: str, heading_deg: float = 0.0, frame_start: in
     tree.links.new(mapping.outputs["Vector"], env.inputs["Vector"])
     tree.links.new(env.outputs["Color"], background.inputs["Color"])
     return env
+
+
+def _loaded_image(path: str):
+    """The image datablock Blender already has for the file ``path``, or None."""
+    wanted = os.path.realpath(path)
+    return next((i for i in bpy.data.images if os.path.realpath(bpy.path.abspath(i.filepath)) == wanted), None)
 
 
 def _node(tree, kind: str, label: str, location):
@@ -132,8 +137,7 @@ def add_strip(scene, video_path: str, above_channel: int, frame_start: int, name
 def show_image(context, path: str):
     """The image file in an Image Editor: the open one, else a new window (with a UI); reloaded if
     Blender already has it. Returns the image datablock."""
-    wanted = os.path.realpath(path)
-    image = next((i for i in bpy.data.images if os.path.realpath(bpy.path.abspath(i.filepath)) == wanted), None)
+    image = _loaded_image(path)
     if image is None:
         image = bpy.data.images.load(path)
     else:
