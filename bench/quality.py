@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blender_equi360 import Camera, ReferenceSettings, build_reference  # noqa: E402
-from blender_equi360.finish import resize  # noqa: E402
+from blender_equi360.video import resize  # noqa: E402
 from blender_equi360.job import Job, ModelFiles, save_job  # noqa: E402
 from blender_equi360.metrics import psnr  # noqa: E402
 from blender_equi360.score import format_report, score  # noqa: E402

@@ -8,10 +8,10 @@
    out by a smooth gain field, again one for the whole clip.
 2. **Poles.** The top and bottom caps are repaired (:mod:`.poles`).
 3. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
-4. **The plate stays the plate.** The plate is projected again from the source clip, supersampled 2×2
-   per delivered pixel (never through the model's 1920×960), and laid over the generated picture
-   with an alpha that is 1 inside the plate and falls off over a band just inside its edge, blurred with
-   wrap-around so it crosses the seam correctly.
+4. **The plate stays the plate.** The plate is projected again from the source clip at the density each
+   delivered pixel needs (:mod:`.plate`; never through the model's 1920×960), and laid over the
+   generated picture with an alpha that is 1 inside the plate and falls off over a band just inside its
+   edge, blurred with wrap-around so it crosses the seam correctly.
 
 The generated frames are read three times (a re-iterable sequence: a long clip's windows are read back
 from the job folder each time): the tone fit, the drift fit, and the delivery, which streams to the
@@ -24,19 +24,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from .audio import audio_for
 from .delivery import DeliverySettings, delivery
 from .metrics import luma as to_luma
 from .poles import PoleRepair
-from .projection import CanvasSize, PlateMapping, box_blur, prefiltered_plate_size, sample_equirect
+from .plate import PlateSampler
+from .projection import CanvasSize, box_blur, sample_equirect
 from .reference import Placement
-from .video import decode_plates, probe
+from .video import decode_plates, probe, resize
 
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
-SUPERSAMPLE = 2           # plate samples per delivered pixel, in each direction (SupersampledPlate)
 TONE_SAMPLE_STRIDE = 3    # pixels sampled for the tone fit, in each direction
 TONE_GAIN_LIMITS = (0.7, 1.4)
 DRIFT_GRID = (32, 64)           # latitude bands × longitude cells of the drift fit
@@ -137,14 +136,6 @@ def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     return box_blur(eroded, radius, wrap_width=True)
 
 
-def resize(frame: np.ndarray, width: int, height: int, interpolation: str = "LANCZOS") -> np.ndarray:
-    """An RGB (H, W, 3) or gray (H, W) uint8 image resized by swscale."""
-    if frame.shape[1] == width and frame.shape[0] == height:
-        return frame
-    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24" if frame.ndim == 3 else "gray")
-    return image.reformat(width=width, height=height, interpolation=interpolation).to_ndarray()
-
-
 def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """A mask resized by nearest neighbour: its values stay the ones it had."""
     rows = (np.arange(height) * image.shape[0]) // height
@@ -164,39 +155,6 @@ def resize_equirect(frame: np.ndarray, width: int, height: int, wrap: int = 8) -
     out_w = int(round((w + 2 * wrap) * scale))
     margin = int(round(wrap * scale))
     return resize(padded, out_w, height)[:, margin:margin + width]
-
-
-class SupersampledPlate:
-    """The plate projected onto a canvas ``SUPERSAMPLE`` times finer than the delivery canvas, from the
-    source at that density (its native resolution when that is less), then averaged down: each delivered
-    pixel is the mean of SUPERSAMPLE² bilinear samples, a box prefilter that keeps the plate's detail
-    without aliasing. Only the rows the plate covers are worked on.
-
-    Measured (plate round trip, Catmull-Rom reprojection): sample city at 3840x1920, 1x density 38.3 dB
-    (bilinear measure), 2x point-sampled 40.8 dB, 2x box 41.1 dB; a synthetic clip with near-Nyquist
-    detail, 2x point-sampled 37.6 dB (aliasing), 2x box higher."""
-
-    def __init__(self, placement: Placement, size: CanvasSize, factor: int = SUPERSAMPLE):
-        self.factor = factor
-        fine = CanvasSize(size.width * factor, size.height * factor)
-        self.plate_size = prefiltered_plate_size(placement.camera, placement.window, fine)
-        self.mapping = PlateMapping(placement.camera, placement.window, fine, self.plate_size)
-        covered = np.flatnonzero((self.mapping.mask < 255).any(axis=1))
-        first, end = covered[0] // factor, -(-(covered[-1] + 1) // factor)
-        self.rows = slice(first, end)
-        self._fine_rows = slice(first * factor, end * factor)
-        band = self._down(self.mapping.mask[self._fine_rows].astype(np.float32))
-        self.mask = np.pad(band, ((first, size.height - end), (0, 0)), constant_values=255).astype(np.uint8)
-
-    def _down(self, image: np.ndarray) -> np.ndarray:
-        f = self.factor
-        h, w = image.shape[:2]
-        return image.reshape(h // f, f, w // f, f, *image.shape[2:]).mean(axis=(1, 3))
-
-    def project(self, plate_bgra: np.ndarray) -> np.ndarray:
-        """The plate's rows of the delivery canvas, RGB float32."""
-        fine = self.mapping.project(plate_bgra)[self._fine_rows, :, 2::-1]
-        return self._down(fine.astype(np.float32))
 
 
 def _held(frames, count: int):
@@ -226,10 +184,10 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     total = len(generated)
     height, width = model_mask.shape
     poles = PoleRepair(CanvasSize(width, height))
-    plate = SupersampledPlate(placement, size)
+    plate = PlateSampler(placement.camera, placement.window, size)
     alpha = plate_alpha(plate.mask, FEATHER_DEG / 360.0 * size.width)[plate.rows, :, None]
     plates = _held((bgra for _, bgra, _ in decode_plates(probe(source), placement.picture, placement.crop,
-                                                         plate.plate_size, placement.fps, placement.start_s,
+                                                         plate.source_size, placement.fps, placement.start_s,
                                                          total)), total)
     generated_region = np.ones((size.height, size.width), np.float32)
     generated_region[plate.rows] = 1.0 - alpha[..., 0]

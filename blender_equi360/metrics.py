@@ -24,14 +24,21 @@ def mean_abs_error(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None
 def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """Structural similarity of two images' luma (Wang et al. 2004: Gaussian window σ 1.5, K1 0.01,
     K2 0.03), averaged over the image away from its border."""
+    return float(ssim_map(a, b, peak)[SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER].mean())
+
+
+SSIM_BORDER = 5  # pixels of ssim_map whose window reaches past the image's edge
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> np.ndarray:
+    """The SSIM index at every pixel (float64, the images' size; see :func:`ssim`)."""
     x, y = luma(a).astype(np.float64), luma(b).astype(np.float64)
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     mu_x, mu_y = _gaussian(x), _gaussian(y)
     var_x = _gaussian(x * x) - mu_x ** 2
     var_y = _gaussian(y * y) - mu_y ** 2
     cov = _gaussian(x * y) - mu_x * mu_y
-    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return float(index[5:-5, 5:-5].mean())
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
 
 
 def luma(image: np.ndarray) -> np.ndarray:

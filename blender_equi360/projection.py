@@ -98,7 +98,7 @@ def direction_to_lonlat(d: np.ndarray):
     return lon, lat
 
 
-class _Lens:
+class Lens:
     """Pinhole intrinsics of a window: canvas-frame directions ↔ window pixel coordinates (edges at 0 and
     width, pixel centres at +0.5)."""
 
@@ -151,12 +151,12 @@ class PlateMapping:
             raise Equi360Error(f"the plate is too small to project ({plate_w}x{plate_h} px)")
         self.size = size
         self.plate_size = plate_size
-        lens = _Lens(camera, window)
+        lens = Lens(camera, window)
         sx_scale, sy_scale = plate_w / window.width, plate_h / window.height
 
         dst, taps, weights = [], [], []
         cols = np.arange(size.width)
-        first_row, end_row = _footprint_rows(lens, size)
+        first_row, end_row = footprint_rows(lens, size)
         for row0 in range(first_row, end_row, _ROW_BLOCK):
             rows = np.arange(row0, min(row0 + _ROW_BLOCK, end_row))
             lon, lat = pixel_to_lonlat(cols[None, :], rows[:, None], size.width, size.height)
@@ -166,7 +166,7 @@ class PlateMapping:
                 continue
             flat = np.flatnonzero(inside)
             pu, pv = u.ravel()[flat] * sx_scale, v.ravel()[flat] * sy_scale  # prefiltered-plate coords
-            t, w = _bilinear(pu - 0.5, pv - 0.5, plate_w, plate_h)
+            t, w = bilinear_taps(pu - 0.5, pv - 0.5, plate_w, plate_h)
             if feather_px > 0:
                 edge_distance = np.minimum.reduce([pu, plate_w - pu, pv, plate_h - pv])
                 w = w * np.clip(edge_distance / feather_px, 0.0, 1.0)
@@ -214,7 +214,7 @@ class PlateMapping:
         return self._canvas
 
 
-def _footprint_rows(lens: _Lens, size: CanvasSize) -> tuple[int, int]:
+def footprint_rows(lens: Lens, size: CanvasSize) -> tuple[int, int]:
     """The canvas rows the window can reach: from the latitudes along its border (a great-circle arc
     between border samples can bulge past them, hence the margin), or up to a pole it contains."""
     edge = np.linspace(0.0, 1.0, 257)
@@ -232,7 +232,7 @@ def _footprint_rows(lens: _Lens, size: CanvasSize) -> tuple[int, int]:
     return max(first, 0), min(last + 1, size.height)
 
 
-def _bilinear(sx: np.ndarray, sy: np.ndarray, width: int, height: int):
+def bilinear_taps(sx: np.ndarray, sy: np.ndarray, width: int, height: int):
     """Flat indices of the 4 taps (4, N) and float weights (4, N) for sample positions in pixel-index
     coordinates (centres at integers), clamped to the plate."""
     sx = np.clip(sx, 0.0, width - 1.0)
@@ -264,14 +264,21 @@ def equirect_to_perspective(canvas: np.ndarray, size_out: tuple[int, int], camer
 
     ``size_out`` is (width, height) of the output; ``window`` places it inside the camera's picture
     (default: the whole picture of that size). Returns float32 (h, w, C) in the canvas's value range."""
+    x, y = perspective_to_canvas(size_out, camera, window, canvas.shape[1], canvas.shape[0])
+    return (sample_equirect_cubic if cubic else sample_equirect)(canvas, x, y)
+
+
+def perspective_to_canvas(size_out: tuple[int, int], camera: Camera, window: Window | None, canvas_width: int,
+                          canvas_height: int):
+    """Where each pixel centre of a ``size_out`` view of ``window`` (default: the whole picture of that size)
+    lands on a canvas, in pixel-index coordinates: (x, y), each (h, w) float64."""
     out_w, out_h = size_out
     window = window or Window.whole(out_w, out_h)
-    lens = _Lens(camera, window)
+    lens = Lens(camera, window)
     u = (np.arange(out_w) + 0.5) * (window.width / out_w)
     v = (np.arange(out_h) + 0.5) * (window.height / out_h)
     lon, lat = direction_to_lonlat(lens.to_direction(*np.meshgrid(u, v)))
-    x, y = lonlat_to_pixel(lon, lat, canvas.shape[1], canvas.shape[0])
-    return (sample_equirect_cubic if cubic else sample_equirect)(canvas, x, y)
+    return lonlat_to_pixel(lon, lat, canvas_width, canvas_height)
 
 
 def sample_equirect(canvas: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -296,7 +303,7 @@ def sample_equirect_cubic(canvas: np.ndarray, x: np.ndarray, y: np.ndarray) -> n
     img = canvas.astype(np.float32).reshape(h, w, -1)
     y = np.clip(y, 0.0, h - 1.0)
     x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
-    wx, wy = _catmull_rom(np.float32(1) * (x - x0)), _catmull_rom(np.float32(1) * (y - y0))
+    wx, wy = catmull_rom(np.float32(1) * (x - x0)), catmull_rom(np.float32(1) * (y - y0))
     out = 0.0
     for j in range(4):
         rows = np.clip(y0 + j - 1, 0, h - 1)
@@ -305,7 +312,7 @@ def sample_equirect_cubic(canvas: np.ndarray, x: np.ndarray, y: np.ndarray) -> n
     return out if canvas.ndim == 3 else out[..., 0]
 
 
-def _catmull_rom(t: np.ndarray) -> list[np.ndarray]:
+def catmull_rom(t: np.ndarray) -> list[np.ndarray]:
     t = t.astype(np.float32)
     t2, t3 = t * t, t * t * t
     return [(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2]

@@ -333,7 +333,10 @@ class PlaybackVideoWriter(_Writer):
 
     # Without accurate rounding and full chroma interpolation swscale is off by a level or two.
     _RGB_TO_YUV = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-    ENCODERS = {"h264": ("libx264", {}), "hevc": ("libx265", {"x265-params": "log-level=error"})}
+    # x264's adaptive quantisation moves bits from detailed areas to flat ones, the opposite of what a plate
+    # that must come back exact needs: without it the plate's worst frame gains 1.1 dB (synthetic clip, CRF 12,
+    # docs/QUALITY.md). x265's AQ does not cost the plate (measured), so it keeps its defaults.
+    ENCODERS = {"h264": ("libx264", {"aq-mode": "0"}), "hevc": ("libx265", {"x265-params": "log-level=error"})}
 
     def __init__(self, path: Path, width: int, height: int, fps, crf: int = 16, title: str | None = None,
                  codec: str = "h264", pix_fmt: str = "yuv420p", audio=None):
@@ -364,6 +367,14 @@ class PlaybackVideoWriter(_Writer):
         if self.audio:
             self.audio.until(None)
         super().close()
+
+
+def resize(frame: np.ndarray, width: int, height: int, interpolation: str = "LANCZOS") -> np.ndarray:
+    """An RGB (H, W, 3) or gray (H, W) uint8 image resized by swscale."""
+    if frame.shape[1] == width and frame.shape[0] == height:
+        return frame
+    image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24" if frame.ndim == 3 else "gray")
+    return image.reformat(width=width, height=height, interpolation=interpolation).to_ndarray()
 
 
 def encode_image(path: Path, codec: str, frame, options: dict | None = None) -> None:

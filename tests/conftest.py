@@ -41,6 +41,41 @@ def smooth_texture(width: int, height: int, phase: float = 0.0, min_period: floa
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
+def rendered_texture(width: int, height: int, phase: float = 0.0, seed: int = 1) -> np.ndarray:
+    """Like a sharp render: anti-aliased edges (boxes, discs and 1–3 px line segments, 4×4 samples per
+    pixel) in mostly neutral colours, so its detail reaches the pixel's own size; ``phase`` slides the
+    picture right by that many pixels."""
+    rng = np.random.default_rng(seed)
+    shapes = [(rng.integers(3), np.clip(rng.uniform(20, 235) + rng.normal(0, 12, 3), 0, 255),
+               rng.uniform(-0.1, 1.1) * width + phase, rng.uniform(0, 1) * height, rng.uniform(0.01, 0.15) * height,
+               rng.uniform(0.2, 1), rng.uniform(0, math.pi), rng.uniform(1, 3)) for _ in range(40 + width // 8)]
+    background = rng.uniform(60, 190)
+    ss, strip = 4, 32
+    out = np.empty((height, width, 3), np.uint8)
+    xs = (np.arange(width * ss, dtype=np.float32) + 0.5) / ss
+    for top in range(0, height, strip):
+        rows = min(strip, height - top)
+        ys = top + (np.arange(rows * ss, dtype=np.float32) + 0.5) / ss
+        image = np.full((rows * ss, width * ss, 3), background, np.float32)
+        for kind, colour, cx, cy, reach, aspect, angle, thickness in shapes:
+            if cy + reach < top or cy - reach > top + rows:
+                continue
+            x0, x1 = np.searchsorted(xs, [cx - reach, cx + reach])
+            if x0 >= x1:
+                continue
+            y, x = ys[:, None], xs[None, x0:x1]
+            if kind == 0:
+                inside = (np.abs(x - cx) < reach) & (np.abs(y - cy) < reach * aspect)
+            elif kind == 1:
+                inside = (x - cx) ** 2 + (y - cy) ** 2 < reach * reach
+            else:
+                inside = np.abs((x - cx) * math.sin(angle) - (y - cy) * math.cos(angle)) < thickness / 2
+                inside &= (x - cx) ** 2 + (y - cy) ** 2 < reach * reach
+            image[:, x0:x1][inside] = colour
+        out[top:top + rows] = np.clip(image.reshape(rows, ss, width, ss, 3).mean(axis=(1, 3)) + 0.5, 0, 255)
+    return out
+
+
 def copy_job_inputs(source: Path, folder: Path, mask: str = "mask.mkv") -> Path:
     """A job folder's inputs copied from ``source``: the reference, its mask and its placement record."""
     folder.mkdir(parents=True, exist_ok=True)

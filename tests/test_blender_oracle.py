@@ -107,7 +107,7 @@ def test_the_engine_meets_the_quality_goals_on_the_rendered_city(oracle, backend
     panorama than a black sky and ground would be."""
     from blender_equi360.job import Job, ModelFiles, save_job
     from blender_equi360.score import score
-    from blender_equi360.finish import resize
+    from blender_equi360.video import resize
     from test_engine_ltx import CPU, run_engine
     copy_job_inputs(oracle["dir"], tmp_path, mask="reference_mask.mkv")
     save_job(tmp_path, Job(reference="reference.mkv", mask="reference_mask.mkv", backend=backend, steps=2,

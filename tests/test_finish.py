@@ -53,7 +53,7 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
     save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv"))
     delivered = score(out, clip, tmp_path)["plate"]
     # The same frames only upscaled, without the plate laid back from the source:
-    from blender_equi360.finish import resize
+    from blender_equi360.video import resize
     from blender_equi360.video import PlaybackVideoWriter
     writer = PlaybackVideoWriter(tmp_path / "upscaled.mp4", 1024, 512, Fraction(24))
     for frame in generated:

@@ -228,6 +228,6 @@ def test_mapping_only_skips_rows_the_plate_cannot_reach(camera, monkeypatch):
     window = Window.whole(478, 200)
     size = CanvasSize(512, 256)
     fast = PlateMapping(camera, window, size, (478, 200))
-    monkeypatch.setattr(projection, "_footprint_rows", lambda lens, size: (0, size.height))
+    monkeypatch.setattr(projection, "footprint_rows", lambda lens, size: (0, size.height))
     every_row = PlateMapping(camera, window, size, (478, 200))
     assert np.array_equal(fast.mask, every_row.mask) and np.array_equal(fast.dst, every_row.dst)

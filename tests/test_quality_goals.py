@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
+from blender_equi360.job import Job, save_job
 from blender_equi360.score import score
-from conftest import smooth_texture, write_clip
+from conftest import rendered_texture, smooth_texture, write_clip
 from test_engine_ltx import make_job, run_engine  # noqa: F401  (fixtures)
 
 
@@ -46,3 +47,23 @@ def test_goals_are_met_on_a_synthetic_clip(tmp_path, detailed, models, backend):
         assert report["seam_ratio"]["max"] <= 1.2, report["seam_ratio"]
     assert report["plate"]["psnr_db_mean"] >= 40 and report["plate"]["psnr_db_min"] >= 40, report["plate"]
     assert report["plate"]["ssim_min"] >= 0.99, report["plate"]
+
+
+@pytest.mark.parametrize("source_size, delivery", [((640, 268), "3840x1920"), ((1920, 804), "7680x3840")],
+                         ids=["small-source-4k", "1920-source-8k"])
+def test_a_sharp_plate_comes_back_when_the_delivery_enlarges_it(tmp_path, source_size, delivery):
+    """The canvas is finer than the source in the middle of the plate (1.5× and 2.3× here) and coarser at
+    its sides: the plate must come back whole, judged at the source's own density where the canvas holds it."""
+    width, height = source_size
+    clip = write_clip(tmp_path / "clip.mp4", 2, width, height, 24, lambda k: rendered_texture(width, height, 0.4 * k))
+    build_reference(clip, tmp_path / "reference.mkv", tmp_path / "mask.mkv",
+                    ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=9))
+    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size=delivery,
+                           audio=False))
+    rc, events, err = run_engine(tmp_path)
+    assert rc == 0, err
+    report = score(tmp_path / "result.mp4", clip, tmp_path)
+    plate = report["plate"]
+    assert plate["psnr_db_mean"] >= 40 and plate["psnr_db_min"] >= 40 and plate["ssim_min"] >= 0.99, plate
+    assert plate["judged_at"][0] == {"density": 1.0, "share": pytest.approx(plate["judged_at"][0]["share"])}
+    assert plate["judged_at"][0]["share"] > 0.15, plate["judged_at"]  # judged at the source's own detail there
