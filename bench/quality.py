@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/quality.py            # measure, print the table
     .venv/bin/python bench/quality.py --write    # ... and update docs/QUALITY.md
+    .venv/bin/python bench/quality.py --plates --write   # the plate round trip across source and delivery sizes
 
 The procedural city (samples/make_city.py) gives the flat clip and the true panorama from the same
 camera position, so besides ``score``'s measures the generated region can be compared with the truth.
@@ -28,7 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blender_equi360 import Camera, ReferenceSettings, build_reference  # noqa: E402
+from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference  # noqa: E402
+from blender_equi360 import delivery as delivery_module  # noqa: E402
+from blender_equi360.delivery import DeliverySettings  # noqa: E402
+from blender_equi360.finish import finish  # noqa: E402
+from blender_equi360.reference import load_placement  # noqa: E402
+from blender_equi360.video import LosslessVideoWriter  # noqa: E402
 from blender_equi360.video import resize  # noqa: E402
 from blender_equi360.job import Job, ModelFiles, save_job  # noqa: E402
 from blender_equi360.metrics import psnr  # noqa: E402
@@ -38,13 +44,14 @@ from blender_equi360.video import read_frames  # noqa: E402
 OUT = ROOT / "bench" / "out" / "quality"
 DOC = ROOT / "docs" / "QUALITY.md"
 SAMPLES = ROOT / "samples" / "build"
+FLAT_NAME = "city_flat.mp4"
 DELIVERY = "3840x1920"
 
 
 def sample() -> tuple[Path, Path, dict]:
     if not (SAMPLES / "city.json").exists():
         subprocess.run([sys.executable, str(ROOT / "samples" / "make_city.py"), str(SAMPLES)], check=True)
-    return SAMPLES / "city_flat.mp4", SAMPLES / "city_pano.mkv", json.loads((SAMPLES / "city.json").read_text())
+    return SAMPLES / FLAT_NAME, SAMPLES / "city_pano.mkv", json.loads((SAMPLES / "city.json").read_text())
 
 
 def run_job(name: str, clip: Path, hfov: float, backend: str, models: dict | None) -> Path:
@@ -71,10 +78,94 @@ def truth_psnr(output: Path, truth: Path, mask_path: Path) -> float:
     return psnr(frame, pano, where=generated)
 
 
+# Source sizes (the city rendered at each) × delivery sizes. 1066×446 at 3840×1920 is a source at the
+# canvas's own density (the plate spans 1067 canvas pixels): what it scores is score's ceiling.
+PLATE_CASES = [("956x400", "1024x512"), ("956x400", "3840x1920"), ("1066x446", "3840x1920"),
+               ("1280x536", "3840x1920"), ("1280x536", "5760x2880"), ("1920x804", "3840x1920"),
+               ("1920x804", "7680x3840")]
+PLATE_FRAMES = 3
+
+
+class _RgbLossless(LosslessVideoWriter):
+    """The delivery's writer swapped for a lossless RGB one: the finish's own plate, before any encode."""
+
+    def __init__(self, path, width, height, fps, audio=None, **_):
+        super().__init__(path, width, height, fps, codec="ffv1")
+
+    def write(self, rgb: np.ndarray) -> None:
+        self.write_rgb(rgb)
+
+
+def plate_case(flat: str, delivery: str) -> dict:
+    """The city rendered at ``flat``, delivered at ``delivery`` from its own reference (the generated
+    region is the reference's black: only the plate is judged): plate PSNR (min over the frames) stored
+    losslessly in RGB, encoded at CRF 0 (4:2:0) and as delivered."""
+    clip_dir = OUT / "plates" / f"city_{flat}"
+    if not (clip_dir / "city.json").exists():
+        subprocess.run([sys.executable, str(ROOT / "samples" / "make_city.py"), str(clip_dir), "--flat-size", flat,
+                        "--frames", str(PLATE_FRAMES), "--pano-size", "512x256"], check=True, capture_output=True)
+    clip = clip_dir / FLAT_NAME
+    job_dir = OUT / "plates" / f"{flat}_to_{delivery}"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
+                    ReferenceSettings(camera=Camera(100), frames=1 + 8 * ((PLATE_FRAMES + 6) // 8)))
+    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size=delivery))
+    placement = load_placement(job_dir / "reference.mkv")
+    mask = next(read_frames(job_dir / "mask.mkv", "gray"))
+    generated = list(read_frames(job_dir / "reference.mkv"))[:PLATE_FRAMES]
+    row = {}
+    for label, crf, writer in (("rgb", 0, _RgbLossless), ("crf0", 0, None), ("delivered", None, None)):
+        out = job_dir / f"{label}.{'mkv' if writer else 'mp4'}"
+        real = delivery_module.PlaybackVideoWriter
+        delivery_module.PlaybackVideoWriter = writer or real
+        try:
+            finish(generated, clip, placement, generated, mask, out, CanvasSize.parse(delivery), placement.frame_rate,
+                   settings=DeliverySettings(crf=crf, audio=False, spherical_metadata=writer is None))
+        finally:
+            delivery_module.PlaybackVideoWriter = real
+        report = score(out, clip, job_dir)["plate"]
+        row[label] = report["psnr_db_min"]
+        row["judged_at"] = report["judged_at"]
+    print(flat, "→", delivery, row, flush=True)
+    return row
+
+
+def plates_table(rows) -> str:
+    lines = ["## The plate across source and delivery sizes", "",
+             f"`.venv/bin/python bench/quality.py --plates --write` — {platform.machine()}, {os.cpu_count()} cores, "
+             f"{datetime.date.today().isoformat()}: `samples/make_city.py`'s city rendered at each source size "
+             f"({PLATE_FRAMES} frames, HFOV 100°), its reference at 1920×960, delivered at each size with the "
+             "reference's black as the generated region; plate PSNR of the worst frame. *Judged at*: the share of "
+             "the plate judged at the source's own density (1) and at each step of √2 coarser (score's "
+             "`judged_at`).", "",
+             "| source | delivery | finish alone (RGB, lossless) | encoded at CRF 0 (4:2:0) | delivered (default CRF) "
+             "| judged at |", "|---|---|---|---|---|---|"]
+    for (flat, delivery), row in rows:
+        judged = ", ".join(f"{j['density']:g}: {100 * j['share']:.0f} %" for j in row["judged_at"])
+        lines.append(f"| {flat.replace('x', '×')} | {delivery.replace('x', '×')} | {row['rgb']:.2f} | "
+                     f"{row['crf0']:.2f} | {row['delivered']:.2f} | {judged} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str) -> None:
+    heading = text.split("\n", 1)[0]
+    doc = DOC.read_text() if DOC.exists() else "# Quality\n\n"
+    pattern = re.compile("^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
+    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
+    DOC.write_text(doc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--plates", action="store_true", help="the plate round trip across source and delivery sizes")
     args = parser.parse_args()
+    if args.plates:
+        text = plates_table([(case, plate_case(*case)) for case in PLATE_CASES])
+        print(text)
+        if args.write:
+            write_section(text)
+        return
     clip, truth, city = sample()
     backends = [("draft", None)]
     models = os.environ.get("EQUI360_MODELS")
@@ -91,10 +182,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        doc = DOC.read_text() if DOC.exists() else "# Quality\n\n"
-        pattern = re.compile(r"^## Sample city\n.*?(?=^## |\Z)", re.S | re.M)
-        doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-        DOC.write_text(doc)
+        write_section(text)
 
 
 def table(rows) -> str:

@@ -34,15 +34,20 @@ WINDOW_FRAMES = 121   # 5 s at 24 fps: what the model is trained on
 OVERLAP_FRAMES = 25   # 1 s: three latent frames of conditioning after the first
 
 
+MIN_OVERLAP = 9                          # one latent frame of conditioning after the first
+MIN_WINDOW = round_up_frame_count(2 * MIN_OVERLAP)  # 25: room for the smallest overlap twice
+
+
 def check_window_settings(window: int, overlap: int) -> None:
     """Raises Equi360Error unless ``window`` and ``overlap`` are lengths the model and the crossfade take."""
-    if not (isinstance(window, int) and valid_frame_count(window) and window >= 17):
-        raise Equi360Error(f"window_frames {window!r} must be 8k+1 frames and at least 17 (e.g. 121)")
-    if not (isinstance(overlap, int) and valid_frame_count(overlap) and overlap >= 9):
-        raise Equi360Error(f"window_overlap {overlap!r} must be 8k+1 frames and at least 9 (e.g. 25)")
+    if not (isinstance(window, int) and valid_frame_count(window) and window >= MIN_WINDOW):
+        raise Equi360Error(f"window_frames {window!r} must be 8k+1 frames and at least {MIN_WINDOW} (e.g. 121)")
+    if not (isinstance(overlap, int) and valid_frame_count(overlap) and overlap >= MIN_OVERLAP):
+        raise Equi360Error(f"window_overlap {overlap!r} must be 8k+1 frames and at least {MIN_OVERLAP} (e.g. 25)")
     if 2 * overlap > window:
+        largest = 1 + 8 * ((window // 2 - 1) // 8)  # the longest 8k+1 that is at most half the window
         raise Equi360Error(f"window_overlap {overlap} must be at most half of window_frames {window} "
-                           f"(e.g. {max(9, round_up_frame_count(window // 4))})")
+                           f"(e.g. {largest})")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         ("5760x2880", "5760×2880 (HEVC)", "Above 4096×2048 the Auto codec is HEVC"),
         ("7680x3840", "7680×3840 (8K, HEVC)", "What YouTube wants for its sharpest 360° streams")))
     window_frames: IntProperty(
-        name="Window", default=121, min=17, max=257, step=8,
+        name="Window", default=121, min=25, max=257, step=8,
         description="A longer strip is made in overlapping windows of this many frames (8k+1; 121 = 5 s at 24 fps, "
                     "what the model is trained on)")
     window_overlap: IntProperty(

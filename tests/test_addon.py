@@ -81,10 +81,13 @@ def bpy_python(request):
     return str(LTS_PYTHON)
 
 
+CLIP_FRAMES = 10  # every frame is converted at 1920×960: each one costs about a second
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clip")
-    return write_clip(folder / "plate.mp4", 24, 478, 200, 24, lambda k: smooth_texture(478, 200, k / 6))
+    return write_clip(folder / "plate.mp4", CLIP_FRAMES, 478, 200, 24, lambda k: smooth_texture(478, 200, k / 6))
 
 
 def blender(tmp_path, body: str, bpy_python=sys.executable, timeout=300) -> dict:
@@ -142,12 +145,12 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
     assert result["pano"] == ["PANO", "EQUIRECTANGULAR"] and result["preview_location"] == pytest.approx([1, 2, 1.5])
     assert result["strips"][0][:2] == (2, 10) or result["strips"][0][:2] == [2, 10]
     assert result["strips"][1][:2] in ([3, 10], (3, 10)) and result["strips"][1][3] == video
-    assert result["strips"][1][4] == result["strips"][0][4] == 24  # as long as the source strip
+    assert result["strips"][1][4] == result["strips"][0][4] == CLIP_FRAMES  # as long as the source strip
     assert result["status_text"].startswith("DRAFT done")
     from blender_equi360.spherical import read_spherical
     assert read_spherical(video).projection == "equirectangular"  # the delivery is marked 360° by default
-    assert result["pass_source"] == "SEQUENCE" and result["pass_duration"] == 24
-    assert result["pass_strip"] == [4, 24, 24]
+    assert result["pass_source"] == "SEQUENCE" and result["pass_duration"] == CLIP_FRAMES
+    assert result["pass_strip"] == [4, CLIP_FRAMES, CLIP_FRAMES]
     assert result["sheet"] == ["FINISHED"] and result["sheet_size"][0] > 0
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from blender_equi360.protocol import EXIT_CODES, parse_event
 from blender_equi360.score import score
 from blender_equi360.sphere_metrics import FrameChanges, boundary_jump
 from blender_equi360.video import probe, read_frames
-from blender_equi360.windows import MANIFEST_FILE, TimeWindow, assemble, plan_windows
+from blender_equi360.errors import Equi360Error
+from blender_equi360.windows import MANIFEST_FILE, TimeWindow, assemble, check_window_settings, plan_windows
 from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 from engine import ltx, runner
 from engine.protocol_io import Channel
@@ -117,6 +119,18 @@ def test_a_window_file_with_missing_frames_is_an_error_that_says_what_to_do():
     with pytest.raises(Exception) as info:
         list(assemble(windows, lambda w: [np.zeros((2, 2, 3), np.uint8)] * 3))
     assert "3 frames instead of 5" in str(info.value) and "run the job again" in str(info.value)
+
+
+@pytest.mark.parametrize("window, overlap, message", [
+    (17, 9, "at least 25"),                       # no overlap fits: the smallest is 9
+    (33, 25, "at most half of window_frames 33 (e.g. 9)"),
+    (121, 65, "at most half of window_frames 121 (e.g. 57)"),
+    (24, 9, "8k+1"), (121, 8, "8k+1")])
+def test_window_settings_that_cannot_work_are_refused_with_ones_that_do(window, overlap, message):
+    with pytest.raises(Equi360Error, match=re.escape(message)):
+        check_window_settings(window, overlap)
+    check_window_settings(25, 9)
+    check_window_settings(121, 57)
 
 
 # --- resume -------------------------------------------------------------------------------------------------
