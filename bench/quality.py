@@ -80,7 +80,7 @@ def truth_psnr(output: Path, truth: Path, mask_path: Path) -> float:
 
 # Source sizes (the city rendered at each) × delivery sizes. 1066×446 at 3840×1920 is a source at the
 # canvas's own density (the plate spans 1067 canvas pixels): what it scores is score's ceiling.
-PLATE_CASES = [("956x400", "1024x512"), ("956x400", "3840x1920"), ("1066x446", "3840x1920"),
+PLATE_CASES = [("956x400", "1024x512"), ("956x400", "1920x960"), ("956x400", "3840x1920"), ("1066x446", "3840x1920"),
                ("1280x536", "3840x1920"), ("1280x536", "5760x2880"), ("1920x804", "3840x1920"),
                ("1920x804", "7680x3840")]
 PLATE_FRAMES = 3
@@ -90,7 +90,7 @@ class _RgbLossless(LosslessVideoWriter):
     """The delivery's writer swapped for a lossless RGB one: the finish's own plate, before any encode."""
 
     def __init__(self, path, width, height, fps, audio=None, **_):
-        super().__init__(path, width, height, fps, codec="ffv1")
+        super().__init__(path, width, height, fps)
 
     def write(self, rgb: np.ndarray) -> None:
         self.write_rgb(rgb)
