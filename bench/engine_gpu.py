@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import platform
 import re
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from blender_equi360.job import Job  # noqa: E402
 from engine import ltx, tiny  # noqa: E402
-from engine.models import LTX23_CONFIGS, component_class  # noqa: E402
+from engine.configs import LTX23_CONFIGS  # noqa: E402
+from engine.models import LOADED, component_class  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Engine on the GPU"
@@ -51,31 +53,30 @@ GOALS_S = {"fast": 120, "quality": 720}
 
 
 def build_pipeline(configs: dict, device: str, dtype):
+    """The engine's own pipeline (:func:`engine.ltx.denoising_pipeline`) over random-weight components."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2InContextPipeline
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build in bf16 directly: an fp32 transformer would not fit
     try:
         with torch.device(device):
             parts = {name: component_class(name).from_config(configs[name]).eval().requires_grad_(False)
-                     for name in ("transformer", "connectors", "vae", "audio_vae", "vocoder")}
+                     for name in LOADED}
     finally:
         torch.set_default_dtype(previous)
     for name in ("vae", "audio_vae"):  # statistics are float32 buffers in the real models
         parts[name].latents_mean.data = parts[name].latents_mean.float()
         parts[name].latents_std.data = torch.ones_like(parts[name].latents_std, dtype=torch.float32)
-    pipe = LTX2InContextPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift_terminal=None),
-        text_encoder=None, tokenizer=None, **parts)
+    pipe = ltx.denoising_pipeline(parts)
     pipe.vae.enable_tiling()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def measure(pipe, preset: str, size: dict, device: str, dtype) -> dict:
+    """Seconds per denoising step through the engine's own :func:`engine.ltx.denoise` (one warm-up step,
+    then TIMED_STEPS), the decode, and the peaks."""
     import torch
-    from diffusers.pipelines.ltx2 import LTX2ReferenceCondition
 
     rec = ltx.recipe(Job(reference="r", mask="m", preset=preset), pipe.transformer.config.num_layers)
     steps = 1 + TIMED_STEPS
@@ -86,24 +87,17 @@ def measure(pipe, preset: str, size: dict, device: str, dtype) -> dict:
     frames[:, :, : size["width"] // 4] = 0  # black, like the unknown region of a reference
     stamps = []
 
-    def on_step(_pipe, i, _t, kwargs):
+    def on_step(_k):
         if device == "cuda":
             torch.cuda.synchronize()
         stamps.append(perf_counter())
-        return {}
 
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = perf_counter()
-    latents, _ = pipe(
-        prompt_embeds=embeds, prompt_attention_mask=mask,
-        negative_prompt_embeds=embeds if rec.uses_cfg else None,
-        negative_prompt_attention_mask=mask if rec.uses_cfg else None,
-        reference_conditions=[LTX2ReferenceCondition(frames=frames)], height=size["height"], width=size["width"],
-        num_frames=size["frames"], frame_rate=size["fps"], sigmas=list(rec.sigmas[:steps]),
-        num_inference_steps=steps, output_type="latent", return_dict=False, callback_on_step_end=on_step,
-        max_sequence_length=ltx.MAX_SEQUENCE_LENGTH, **rec.guidance)
+    latents = ltx.denoise(pipe, dataclasses.replace(rec, sigmas=rec.sigmas[:steps]), (embeds, mask, embeds, mask),
+                          frames, None, num_frames=size["frames"], frame_rate=size["fps"], seed=0, on_step=on_step)
     step_s = statistics.median(np.diff(stamps))
     before_first = stamps[0] - start - step_s
     denoise_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
@@ -127,8 +121,7 @@ def run(tiny_mode: bool, presets, backends) -> tuple[list[dict], dict]:
     device, dtype = ("cpu", torch.float32) if tiny_mode else ("cuda", torch.bfloat16)
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/engine_gpu.py needs a CUDA GPU (or --tiny for a CPU smoke run)")
-    configs = ({"transformer": tiny.TRANSFORMER, "connectors": tiny.CONNECTORS, "vae": tiny.VIDEO_VAE,
-                "audio_vae": tiny.AUDIO_VAE, "vocoder": tiny.VOCODER} if tiny_mode else
+    configs = (tiny.configs() if tiny_mode else
                {**LTX23_CONFIGS, "vae": {**LTX23_CONFIGS["vae"], "layers_per_block": (4, 6, 4, 2, 2),
                                          "decoder_layers_per_block": (4, 6, 4, 2, 2),
                                          "timestep_conditioning": False}})

@@ -19,7 +19,6 @@ sigmas with every guidance term off, video and audio alike.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 import warnings
@@ -33,8 +32,9 @@ import numpy as np
 from blender_equi360.job import Job, job_path
 from blender_equi360.video import probe
 
-from . import seam
-from .models import component_configs, load_components, load_lora, load_text_encoder
+from . import official, seam
+from .configs import component_configs
+from .models import LOADED, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
 from .weights import check_checkpoint, check_lora, check_text_encoder
 
@@ -64,16 +64,6 @@ class Recipe:
         return self.guidance["guidance_scale"] > 1 or self.guidance["audio_guidance_scale"] > 1
 
 
-def fixed_shift_sigmas(steps: int, shift: float = 2.05, terminal: float = 0.1) -> tuple[float, ...]:
-    """Lightricks' LTX-2 schedule at its default token count: a logistic shift by ``exp(shift)`` of a
-    linear ramp, stretched so that the last nonzero sigma is ``terminal``. The pipeline appends the 0."""
-    t = np.linspace(1.0, 0.0, steps + 1)[:-1]
-    sigmas = math.exp(shift) / (math.exp(shift) + (1.0 / t - 1.0))
-    one_minus = 1.0 - sigmas
-    sigmas = 1.0 - one_minus / (one_minus[-1] / (1.0 - terminal))
-    return tuple(float(s) for s in sigmas)
-
-
 def recipe(job: Job, num_layers: int, channel: Channel | None = None) -> Recipe:
     if job.preset == "fast":
         if job.steps is not None and channel:
@@ -83,10 +73,10 @@ def recipe(job: Job, num_layers: int, channel: Channel | None = None) -> Recipe:
                    modality_scale=1.0, audio_modality_scale=1.0, guidance_rescale=0.0,
                    audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None)
         return Recipe(DISTILLED_SIGMAS, off, distilled=True)
-    official = dict(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0, guidance_rescale=0.7,
-                    audio_guidance_scale=7.0, audio_stg_scale=1.0, audio_modality_scale=3.0,
-                    audio_guidance_rescale=0.7, spatio_temporal_guidance_blocks=[min(STG_BLOCK, num_layers - 1)])
-    return Recipe(fixed_shift_sigmas(job.steps or QUALITY_STEPS), official, distilled=False)
+    guided = dict(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0, guidance_rescale=0.7,
+                  audio_guidance_scale=7.0, audio_stg_scale=1.0, audio_modality_scale=3.0,
+                  audio_guidance_rescale=0.7, spatio_temporal_guidance_blocks=[min(STG_BLOCK, num_layers - 1)])
+    return Recipe(official.fixed_shift_sigmas(job.steps or QUALITY_STEPS), guided, distilled=False)
 
 
 def device_and_dtype():
@@ -208,7 +198,7 @@ class LtxGenerator:
 
     def prepare(self) -> None:
         import torch
-        from diffusers import FlowMatchEulerDiscreteScheduler, LTX2InContextPipeline
+        from diffusers import LTX2InContextPipeline
 
         job, channel = self.job, self.channel
         self.device, self.dtype = device_and_dtype()
@@ -240,14 +230,11 @@ class LtxGenerator:
             self.phases.step(1)
 
             # 2. the denoising models, LoRAs fused
-            names = ("transformer", "connectors", "vae", "audio_vae", "vocoder")
-            self.phases.begin("load", len(names))
+            self.phases.begin("load", len(LOADED))
             loaded = []
-            parts = load_components(checkpoint, header, "cpu" if job.low_vram else self.device, self.dtype, names,
+            parts = load_components(checkpoint, header, "cpu" if job.low_vram else self.device, self.dtype,
                                     on_loaded=lambda name: (loaded.append(name), self.phases.step(len(loaded))))
-            pipe = LTX2InContextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False,
-                                                                                   shift_terminal=None),
-                                         text_encoder=None, tokenizer=tokenizer, **parts)
+            pipe = denoising_pipeline(parts, tokenizer)
             del parts
             _apply_loras(pipe, ic_lora, distilled, job.lora_strength)
             if job.low_vram:
@@ -260,38 +247,18 @@ class LtxGenerator:
     def generate(self, window, frames: np.ndarray, condition: np.ndarray | None, seed: int) -> np.ndarray:
         """``frames``: the window's reference [length, H, W, 3]; ``condition``: the previous window's output
         over the shared frames, pinned at the window's start. Returns the window's frames."""
-        import torch
-        from diffusers.pipelines.ltx2 import LTX2ReferenceCondition, LTX2VideoCondition
-
-        pipe, rec, phases = self.pipe, self.recipe, self.phases
-        height, width = frames.shape[1:3]
+        phases = self.phases
         with _out_of_memory_is_an_error(phases, self.device):
             self._models_to(self.device)
-            phases.begin("denoise", len(rec.sigmas))
-            self.roll.advance(0)
-
-            def on_step(_pipe, i, _t, kwargs):
-                self.roll.advance(i + 1)
-                phases.step(i + 1)
-                return {}
-
-            prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.embeds
-            conditions = [LTX2VideoCondition(frames=condition, index=0, strength=1.0)] if condition is not None \
-                else None
-            latents, _audio = pipe(
-                prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_mask,
-                negative_prompt_embeds=negative_embeds if rec.uses_cfg else None,
-                negative_prompt_attention_mask=negative_mask if rec.uses_cfg else None,
-                conditions=conditions, reference_conditions=[LTX2ReferenceCondition(frames=frames, strength=1.0)],
-                reference_downscale_factor=self.downscale, height=height, width=width, num_frames=window.length,
-                frame_rate=float(self.fps), sigmas=list(rec.sigmas), num_inference_steps=len(rec.sigmas),
-                generator=torch.Generator("cpu").manual_seed(seed), output_type="latent", return_dict=False,
-                callback_on_step_end=on_step, max_sequence_length=MAX_SEQUENCE_LENGTH, **rec.guidance)
+            phases.begin("denoise", len(self.recipe.sigmas))
+            latents = denoise(self.pipe, self.recipe, self.embeds, frames, condition, num_frames=window.length,
+                              frame_rate=float(self.fps), downscale=self.downscale, seed=seed, roll=self.roll,
+                              on_step=phases.step)
 
             # 3. decode, with the transformer off the GPU if the decode needs its room
             self._make_room_for_decode()
             phases.begin("decode", 1)
-            video = decode(pipe.vae, latents, self.device)
+            video = decode(self.pipe.vae, latents, self.device)
             phases.step(1)
             del latents
             _free(self.device)
@@ -356,6 +323,59 @@ def _low_vram(pipe, device: str, dtype) -> None:
                                               num_blocks_per_group=LOW_VRAM_BLOCKS_PER_GROUP, use_stream=True)
         for name in ("connectors", "vae", "audio_vae"):
             getattr(pipe, name).to(device)
+
+
+def denoising_pipeline(parts: dict, tokenizer=None):
+    """The in-context pipeline over loaded components (transformer, connectors, vae, audio_vae), following
+    Lightricks' code where diffusers departs from it (:mod:`engine.official`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift_terminal=None)
+    pipe = official.in_context_pipeline_class()(scheduler=scheduler, text_encoder=None, tokenizer=tokenizer,
+                                                vocoder=None, **parts)
+    official.own_timestep_cross_attention(pipe.transformer)
+    return pipe
+
+
+def denoise(pipe, rec: Recipe, embeds, frames: np.ndarray, condition: np.ndarray | None, *, num_frames: int,
+            frame_rate: float, downscale: int = 1, seed: int | None = None, noise=None, roll=None, on_step=None):
+    """One window's denoising: the reference ``frames`` (uint8 [F, H, W, 3]) and, for a window after the
+    first, the previous window's ``condition`` frames (uint8) pinned at its start, sampled with ``rec``.
+    Returns the latents, denormalised ([1, C, F, H, W]), ready for the VAE's decoder.
+
+    ``embeds``: the text encoder's (prompt, mask, negative prompt, mask); ``noise``: the starting latents
+    (video [1, C, F, H, W] and audio, denormalised) instead of the seed's; ``roll``: the seam roll
+    (:class:`engine.seam.LatentRoll`) installed on the transformer, advanced every step, or None for the
+    model alone (as the parity tests run it); ``on_step(k)`` after each of the ``len(rec.sigmas)`` steps."""
+    import torch
+    from diffusers.pipelines.ltx2 import LTX2ReferenceCondition, LTX2VideoCondition
+
+    height, width = frames.shape[1:3]
+    reference = official.reference_pixels(frames, height // downscale, width // downscale)
+    if roll:
+        roll.advance(0)
+
+    def after_step(_pipe, i, _t, _kwargs):
+        if roll:
+            roll.advance(i + 1)
+        if on_step:
+            on_step(i + 1)
+        return {}
+
+    prompt_embeds, prompt_mask, negative_embeds, negative_mask = embeds
+    start = dict(latents=noise[0], audio_latents=noise[1], noise_scale=0.0) if noise is not None else \
+        dict(generator=torch.Generator("cpu").manual_seed(seed))
+    conditions = [LTX2VideoCondition(frames=condition, index=0, strength=1.0)] if condition is not None else None
+    latents, _audio = pipe(
+        prompt_embeds=prompt_embeds, prompt_attention_mask=prompt_mask,
+        negative_prompt_embeds=negative_embeds if rec.uses_cfg else None,
+        negative_prompt_attention_mask=negative_mask if rec.uses_cfg else None,
+        conditions=conditions, reference_conditions=[LTX2ReferenceCondition(frames=reference, strength=1.0)],
+        reference_downscale_factor=downscale, height=height, width=width, num_frames=num_frames,
+        frame_rate=frame_rate, sigmas=list(rec.sigmas), num_inference_steps=len(rec.sigmas),
+        output_type="latent", return_dict=False, callback_on_step_end=after_step,
+        max_sequence_length=prompt_embeds.shape[1], **start, **rec.guidance)
+    return latents
 
 
 def decode(vae, latents, device: str):

@@ -8,56 +8,12 @@ the file, never a silently random layer, and no component is held twice in memor
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
+from .configs import component_configs
 from .convert import COMPONENTS, split_checkpoint
 from .protocol_io import EngineError
 from .weights import Header
-
-# A checkpoint may carry its own diffusers configs (the tiny test models do); otherwise LTX-2.3 22B's.
-CONFIG_METADATA_KEY = "equi360.diffusers_configs"
-
-LTX23_CONFIGS = {
-    "transformer": dict(
-        in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
-        attention_head_dim=128, cross_attention_dim=4096, vae_scale_factors=(8, 32, 32), pos_embed_max_pos=20,
-        base_height=2048, base_width=2048, audio_in_channels=128, audio_out_channels=128, audio_patch_size=1,
-        audio_patch_size_t=1, audio_num_attention_heads=32, audio_attention_head_dim=64,
-        audio_cross_attention_dim=2048, audio_scale_factor=4, audio_pos_embed_max_pos=20,
-        audio_sampling_rate=16000, audio_hop_length=160, num_layers=48, activation_fn="gelu-approximate",
-        qk_norm="rms_norm_across_heads", norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=3840,
-        attention_bias=True, attention_out_bias=True, rope_theta=10000.0, rope_double_precision=True,
-        causal_offset=1, timestep_scale_multiplier=1000, cross_attn_timestep_scale_multiplier=1000,
-        rope_type="split", gated_attn=True, cross_attn_mod=True, audio_gated_attn=True,
-        audio_cross_attn_mod=True, use_prompt_embeddings=False, perturbed_attn=True),
-    "connectors": dict(
-        caption_channels=3840, text_proj_in_factor=49, video_connector_num_attention_heads=32,
-        video_connector_attention_head_dim=128, video_connector_num_layers=8,
-        video_connector_num_learnable_registers=128, video_gated_attn=True,
-        audio_connector_num_attention_heads=32, audio_connector_attention_head_dim=64,
-        audio_connector_num_layers=8, audio_connector_num_learnable_registers=128, audio_gated_attn=True,
-        connector_rope_base_seq_len=4096, rope_theta=10000.0, rope_double_precision=True,
-        causal_temporal_positioning=False, rope_type="split", per_modality_projections=True,
-        video_hidden_dim=4096, audio_hidden_dim=2048, proj_bias=True),
-    # Stage depths and timestep conditioning are read from the checkpoint (see vae_config).
-    "vae": dict(
-        latent_channels=128, block_out_channels=(256, 512, 1024, 1024),
-        decoder_block_out_channels=(256, 512, 512, 1024),
-        spatio_temporal_scaling=(True, True, True, True),
-        decoder_spatio_temporal_scaling=(True, True, True, True),
-        decoder_inject_noise=(False, False, False, False, False),
-        downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-        upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
-        upsample_residual=(False, False, False, False), upsample_factor=(2, 2, 1, 2), patch_size=4,
-        encoder_causal=True, decoder_causal=False, encoder_spatial_padding_mode="zeros",
-        decoder_spatial_padding_mode="zeros", spatial_compression_ratio=32, temporal_compression_ratio=8),
-    "audio_vae": {},  # diffusers' defaults are LTX-2's audio VAE (unchanged in 2.3)
-    # diffusers' LTX2VocoderWithBWE defaults are LTX-2.3's (16 kHz mel → 48 kHz), except that Lightricks'
-    # vocoder clamps its first stage to ±1 before the bandwidth extension.
-    "vocoder": dict(final_act_fn="clamp"),
-}
 
 COMPONENT_NAMES = {"transformer": "transformer", "connectors": "text connectors", "vae": "video VAE",
                    "audio_vae": "audio VAE", "vocoder": "vocoder"}
@@ -69,32 +25,6 @@ def component_class(name: str):
     return {"transformer": diffusers.LTX2VideoTransformer3DModel, "connectors": ltx2.LTX2TextConnectors,
             "vae": diffusers.AutoencoderKLLTX2Video, "audio_vae": diffusers.AutoencoderKLLTX2Audio,
             "vocoder": ltx2.LTX2VocoderWithBWE}[name]
-
-
-def component_configs(header: Header) -> dict:
-    """The diffusers config of each component of this checkpoint."""
-    embedded = header.metadata.get(CONFIG_METADATA_KEY)
-    if embedded:
-        return json.loads(embedded)
-    configs = {name: dict(config) for name, config in LTX23_CONFIGS.items()}
-    configs["vae"].update(vae_depths(header.keys))
-    return configs
-
-
-def vae_depths(keys) -> dict:
-    """The video VAE's resnets per stage and its timestep conditioning, read off the checkpoint's names."""
-    counts = {}
-    for key in keys:
-        match = re.match(r"vae\.(encoder|decoder)\.(?:down|up)_blocks\.(\d+)\.res_blocks\.(\d+)\.", key)
-        if match:
-            stage = (match.group(1), int(match.group(2)))
-            counts[stage] = max(counts.get(stage, 0), int(match.group(3)) + 1)
-    # Resnet stages are the even-numbered blocks (0, 2, 4, 6, 8); odd ones resample. The file numbers the
-    # decoder from the latent side; diffusers lists its depths in the encoder's order.
-    encoder = tuple(counts.get(("encoder", i), 0) for i in range(0, 9, 2))
-    decoder = tuple(counts.get(("decoder", i), 0) for i in range(8, -1, -2))
-    return {"layers_per_block": encoder, "decoder_layers_per_block": decoder,
-            "timestep_conditioning": any(k.startswith("vae.decoder.last_time_embedder.") for k in keys)}
 
 
 def build_component(name: str, config: dict, tensors: dict, source: Path):
@@ -121,9 +51,13 @@ def build_component(name: str, config: dict, tensors: dict, source: Path):
     return module.eval().requires_grad_(False)
 
 
-def load_components(path: Path, header: Header, device: str, dtype, names=COMPONENTS, on_loaded=None) -> dict:
+LOADED = ("transformer", "connectors", "vae", "audio_vae")  # not the vocoder: the engine makes no sound
+
+
+def load_components(path: Path, header: Header, device: str, dtype, names=LOADED, on_loaded=None) -> dict:
     """The named components of the single file, each read tensor by tensor onto ``device`` in ``dtype``
-    (statistics and filters stay float32, as diffusers keeps them)."""
+    (statistics and filters stay float32, as diffusers keeps them). A file without an audio VAE gets
+    :func:`silent_audio_vae` in its place."""
     import torch
     from safetensors import safe_open
 
@@ -131,15 +65,33 @@ def load_components(path: Path, header: Header, device: str, dtype, names=COMPON
     loaded = {}
     with safe_open(str(path), framework="pt", device=device) as f:
         for name in names:
-            tensors = {}
-            for key, original in plan[name].items():
-                tensor = f.get_tensor(original)
-                keep_fp32 = name in ("vae", "audio_vae", "vocoder") and tensor.dtype == torch.float32
-                tensors[key] = tensor if keep_fp32 or not tensor.is_floating_point() else tensor.to(dtype)
-            loaded[name] = build_component(name, configs[name], tensors, path)
+            if name == "audio_vae" and not plan[name]:
+                loaded[name] = silent_audio_vae(configs[name], device)
+            else:
+                tensors = {}
+                for key, original in plan[name].items():
+                    tensor = f.get_tensor(original)
+                    keep_fp32 = name in ("vae", "audio_vae") and tensor.dtype == torch.float32
+                    tensors[key] = tensor if keep_fp32 or not tensor.is_floating_point() else tensor.to(dtype)
+                loaded[name] = build_component(name, configs[name], tensors, path)
             if on_loaded:
                 on_loaded(name)
     return loaded
+
+
+def silent_audio_vae(config: dict, device: str):
+    """An audio VAE for a checkpoint without one. The pipeline only needs the audio latents' shape and
+    statistics from it: the audio starts from noise drawn in the normalised space and is never decoded, so
+    identity statistics leave the video exactly as the real ones would. Its weights are left uninitialised."""
+    import torch
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        module = component_class("audio_vae").from_config(config)
+    module = module.to_empty(device=device)
+    module.latents_mean.zero_()
+    module.latents_std.fill_(1.0)
+    return module.eval().requires_grad_(False)
 
 
 def load_text_encoder(folder: Path, device: str, dtype):

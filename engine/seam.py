@@ -44,7 +44,8 @@ class LatentRoll:
     def __init__(self, transformer, reference_factor: int = 1, per_step: float = ROLL_PER_STEP):
         self.reference_factor, self.per_step = reference_factor, per_step
         self.step, self._current = 0, None
-        self._handles = [transformer.register_forward_pre_hook(self._before, with_kwargs=True),
+        # First of the transformer's hooks: the others (engine/official.py) see the tokens as it does.
+        self._handles = [transformer.register_forward_pre_hook(self._before, with_kwargs=True, prepend=True),
                          transformer.register_forward_hook(self._after, with_kwargs=True)]
 
     def shift(self, width: int) -> int:

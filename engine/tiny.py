@@ -4,8 +4,8 @@ real file layouts, so the real loading and generation code runs anywhere in seco
 
 - ``ltx-2.3-tiny.safetensors``: one file with Lightricks' key names (``model.diffusion_model.*``,
   ``text_embedding_projection.*``, ``vae.*``, ``audio_vae.*``, ``vocoder.*``), written by reversing our
-  own conversion from tiny diffusers models. Its metadata carries the tiny configs (see
-  :data:`engine.models.CONFIG_METADATA_KEY`).
+  own conversion from tiny diffusers models. Its metadata carries the model's config in Lightricks' own
+  format, as their releases do (``config``, read by :mod:`engine.configs`).
 - ``gemma-3-tiny/``: a Gemma 3 folder (config, safetensors, an offline word-level tokenizer).
 - ``ic-lora-tiny.safetensors``: an IC-LoRA in the trainer's format (``diffusion_model.*.lora_A/B``,
   ``reference_downscale_factor`` in the metadata); ``distilled-lora-tiny.safetensors``: the same format.
@@ -16,37 +16,51 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .configs import METADATA_KEY, from_metadata
+from .models import component_class
+
 CHECKPOINT = "ltx-2.3-tiny.safetensors"
 TEXT_ENCODER = "gemma-3-tiny"
 IC_LORA = "ic-lora-tiny.safetensors"
 DISTILLED_LORA = "distilled-lora-tiny.safetensors"
 
-TRANSFORMER = dict(in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
-                   attention_head_dim=8, cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
-                   audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
-                   num_layers=2, caption_channels=16, rope_type="split", rope_double_precision=False,
-                   gated_attn=True, cross_attn_mod=True, audio_gated_attn=True, audio_cross_attn_mod=True,
-                   use_prompt_embeddings=False, perturbed_attn=True)
-CONNECTORS = dict(caption_channels=16, text_proj_in_factor=3, video_connector_num_attention_heads=2,
-                  video_connector_attention_head_dim=8, video_connector_num_layers=1,
-                  video_connector_num_learnable_registers=8, video_gated_attn=True,
-                  audio_connector_num_attention_heads=2, audio_connector_attention_head_dim=4,
-                  audio_connector_num_layers=1, audio_connector_num_learnable_registers=8,
-                  audio_gated_attn=True, rope_type="split", per_modality_projections=True,
-                  video_hidden_dim=16, audio_hidden_dim=8, proj_bias=True)
-# The LTX-2.3 video VAE's shape (4 down and 4 up stages, the decoder's temporal-then-spatial tail, zero
-# padding, no residual upsampling) at 1/32 of its widths: real ×32 spatial and ×8 temporal compression.
-VIDEO_VAE = dict(latent_channels=4, block_out_channels=(8, 16, 32, 32), layers_per_block=(1, 1, 1, 1, 1),
-                 decoder_block_out_channels=(8, 16, 16, 32), decoder_layers_per_block=(1, 1, 1, 1, 1),
-                 spatio_temporal_scaling=(True, True, True, True),
-                 decoder_spatio_temporal_scaling=(True, True, True, True),
-                 decoder_inject_noise=(False, False, False, False, False),
-                 upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
-                 upsample_residual=(False, False, False, False), upsample_factor=(2, 2, 1, 2),
-                 timestep_conditioning=False, decoder_spatial_padding_mode="zeros", decoder_causal=False,
-                 spatial_compression_ratio=32, temporal_compression_ratio=8)
-AUDIO_VAE = dict(base_channels=4, output_channels=2, ch_mult=(1, 2, 4), num_res_blocks=1, in_channels=2,
-                 latent_channels=2, mel_bins=8, double_z=True)
+# The model's configuration as Lightricks' files carry it (``config`` metadata, ltx-core's names): the
+# LTX-2.3 architecture at tiny sizes. The engine reads the diffusers configs off it (engine/configs.py).
+METADATA_CONFIG = {
+    "transformer": {
+        "in_channels": 4, "out_channels": 4, "num_attention_heads": 2, "attention_head_dim": 8,
+        "cross_attention_dim": 16, "audio_in_channels": 4, "audio_out_channels": 4,
+        "audio_num_attention_heads": 2, "audio_attention_head_dim": 4, "audio_cross_attention_dim": 8,
+        "num_layers": 2, "caption_channels": 16, "activation_fn": "gelu-approximate", "qk_norm": "rms_norm",
+        "norm_elementwise_affine": False, "norm_eps": 1e-6, "attention_bias": True,
+        "positional_embedding_theta": 10000.0, "positional_embedding_max_pos": [20, 2048, 2048],
+        "audio_positional_embedding_max_pos": [20], "frequencies_precision": "float32", "rope_type": "split",
+        "causal_temporal_positioning": True, "timestep_scale_multiplier": 1000,
+        "av_ca_timestep_scale_multiplier": 1000.0, "apply_gated_attention": True, "cross_attention_adaln": True,
+        "caption_proj_before_connector": True, "connector_num_attention_heads": 2,
+        "connector_attention_head_dim": 8, "audio_connector_num_attention_heads": 2,
+        "audio_connector_attention_head_dim": 4, "connector_num_layers": 1, "connector_num_learnable_registers": 8,
+        "connector_positional_embedding_max_pos": [4096], "connector_apply_gated_attention": True},
+    # The LTX-2.3 video VAE's stages (4 down and 4 up, the decoder's temporal-then-spatial tail) at 1/32 of
+    # its widths: real ×32 spatial and ×8 temporal compression.
+    "vae": {
+        "latent_channels": 4, "patch_size": 4, "encoder_base_channels": 4, "decoder_base_channels": 4,
+        "encoder_blocks": [["res_x", {"num_layers": 1}], ["compress_space_res", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}], ["compress_time_res", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}], ["compress_all_res", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}], ["compress_all_res", {"multiplier": 1}],
+                           ["res_x", {"num_layers": 1}]],
+        "decoder_blocks": [["res_x", {"num_layers": 1}], ["compress_space", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}], ["compress_time", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}], ["compress_all", {"multiplier": 1}],
+                           ["res_x", {"num_layers": 1}], ["compress_all", {"multiplier": 2}],
+                           ["res_x", {"num_layers": 1}]],
+        "causal_decoder": False, "timestep_conditioning": False, "spatial_padding_mode": "zeros"},
+    "audio_vae": {"model": {"params": {"ddconfig": {
+        "ch": 4, "ch_mult": [1, 2, 4], "num_res_blocks": 1, "z_channels": 2, "mel_bins": 8, "in_channels": 2,
+        "out_ch": 2, "double_z": True}}}},
+}
+TEXT_HIDDEN_STATES = 3  # the tiny Gemma's 2 layers and its embeddings
 VOCODER = dict(final_act_fn="clamp", in_channels=16, hidden_channels=16, out_channels=2, upsample_kernel_sizes=[4, 4],
                upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3]],
                bwe_in_channels=32, bwe_hidden_channels=16, bwe_upsample_kernel_sizes=[4, 4, 4],
@@ -65,18 +79,21 @@ LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "att
                 "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
 
 
+def configs() -> dict:
+    """The tiny components' diffusers configs, as the engine reads them off the file's metadata."""
+    text_width = METADATA_CONFIG["transformer"]["caption_channels"] * TEXT_HIDDEN_STATES
+    return from_metadata(METADATA_CONFIG, text_width)
+
+
 def build_components(seed: int = 0) -> dict:
-    """The tiny diffusers components with seeded random weights."""
+    """The tiny diffusers components with seeded random weights (and a vocoder, which the file has and the
+    engine does not load)."""
     import torch
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
-    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2VocoderWithBWE
+    from diffusers.pipelines.ltx2 import LTX2VocoderWithBWE
 
     torch.manual_seed(seed)
-    components = {"transformer": LTX2VideoTransformer3DModel(**TRANSFORMER),
-                  "connectors": LTX2TextConnectors(**CONNECTORS),
-                  "vae": AutoencoderKLLTX2Video(**VIDEO_VAE),
-                  "audio_vae": AutoencoderKLLTX2Audio(**AUDIO_VAE),
-                  "vocoder": LTX2VocoderWithBWE(**VOCODER)}
+    components = {name: component_class(name)(**config) for name, config in configs().items()}
+    components["vocoder"] = LTX2VocoderWithBWE(**VOCODER)
     # Random statistics, so that normalisation is exercised and not the identity.
     for name in ("vae", "audio_vae"):
         stats = components[name]
@@ -86,24 +103,20 @@ def build_components(seed: int = 0) -> dict:
 
 
 def write_checkpoint(path: Path, components: dict) -> None:
-    """All five components in one file with Lightricks' key names, and their configs in the metadata."""
+    """All five components in one file with Lightricks' key names, and the model's config in the metadata."""
+    import torch
     from safetensors.torch import save_file
 
     from .convert import to_checkpoint
-    from .models import CONFIG_METADATA_KEY
-
-    import torch
 
     tensors = {}
     for name, module in components.items():
         tensors.update(to_checkpoint(name, {k: v.detach().contiguous() for k, v in module.state_dict().items()}))
     # Statistics Lightricks' file has and diffusers does not use.
-    channels = VIDEO_VAE["latent_channels"]
+    channels = METADATA_CONFIG["vae"]["latent_channels"]
     tensors["vae.per_channel_statistics.channel"] = torch.arange(channels, dtype=torch.float32)
     tensors["vae.per_channel_statistics.mean-of-stds"] = torch.ones(channels)
-    configs = {"transformer": TRANSFORMER, "connectors": CONNECTORS, "vae": VIDEO_VAE, "audio_vae": AUDIO_VAE,
-               "vocoder": VOCODER}
-    save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: json.dumps(configs)})
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(METADATA_CONFIG), "model_version": "2.3.0"})
 
 
 def write_text_encoder(folder: Path, seed: int = 0) -> None:
@@ -129,14 +142,15 @@ def write_lora(path: Path, seed: int, reference_downscale_factor: int | None = 1
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(seed)
-    dims = {"attn1": TRANSFORMER["num_attention_heads"] * TRANSFORMER["attention_head_dim"]}
-    inner, cross = dims["attn1"], TRANSFORMER["cross_attention_dim"]
+    transformer = METADATA_CONFIG["transformer"]
+    inner = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+    cross = transformer["cross_attention_dim"]
     shapes = {"attn1.to_q": (inner, inner), "attn1.to_k": (inner, inner), "attn1.to_v": (inner, inner),
               "attn1.to_out.0": (inner, inner), "attn2.to_q": (inner, inner), "attn2.to_k": (inner, cross),
               "attn2.to_v": (inner, cross), "attn2.to_out.0": (inner, inner), "ff.net.0.proj": (4 * inner, inner),
               "ff.net.2": (inner, 4 * inner)}
     tensors = {}
-    for block in range(TRANSFORMER["num_layers"]):
+    for block in range(transformer["num_layers"]):
         for target in LORA_TARGETS:
             out_dim, in_dim = shapes[target]
             key = f"diffusion_model.transformer_blocks.{block}.{target}"

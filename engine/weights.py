@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .protocol_io import EngineError
@@ -22,6 +22,7 @@ class Header:
     keys: tuple[str, ...]
     metadata: dict
     nbytes: dict  # tensor name → bytes on disk
+    shapes: dict = field(default_factory=dict)  # tensor name → shape
 
     def bytes_under(self, *prefixes: str) -> int:
         return sum(n for k, n in self.nbytes.items() if k.startswith(prefixes))
@@ -46,13 +47,14 @@ def read_header(path: Path, what: str) -> Header:
     metadata = header.pop("__metadata__", None) or {}
     try:
         nbytes = {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()}
+        shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
         end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     except (TypeError, KeyError, IndexError):
         raise EngineError("corrupt_weights", f"{what} {path} has a damaged header: download it again") from None
     if 8 + length + end != size:
         raise EngineError("corrupt_weights", f"{what} {path} is {size:,} bytes but its header needs "
                                              f"{8 + length + end:,}: the download is incomplete, fetch it again")
-    return Header(tuple(header), metadata, nbytes)
+    return Header(tuple(header), metadata, nbytes, shapes)
 
 
 def check_checkpoint(path: Path) -> Header:
@@ -63,10 +65,11 @@ def check_checkpoint(path: Path) -> Header:
     if not any(LTX23_ONLY_KEY in k for k in header.keys):
         raise EngineError("ltx20_checkpoint", f"{path} is an LTX-2.0 checkpoint; the VR-360 IC-LoRA needs "
                                               "LTX-2.3: choose ltx-2.3-22b-dev.safetensors")
-    for part in ("vae.", "audio_vae.", "vocoder."):
-        if not any(k.startswith(part) for k in header.keys):
-            raise EngineError("corrupt_weights", f"{path} has no {part.rstrip('.')} weights: it is not the "
-                                                 "complete single-file checkpoint Lightricks ships")
+    # The video VAE is needed; the audio VAE's statistics are used when it is there, and the vocoder never
+    # (the engine makes no sound).
+    if not any(k.startswith("vae.") for k in header.keys):
+        raise EngineError("corrupt_weights", f"{path} has no video VAE weights (vae.*): it is not the complete "
+                                             "single-file checkpoint Lightricks ships")
     return header
 
 

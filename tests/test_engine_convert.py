@@ -6,7 +6,10 @@ import torch
 
 from engine.convert import (TRANSFORMER_PREFIX, connector_key_to_checkpoint, connectors_state_dict,
                             transformer_key_to_checkpoint, transformer_key_to_diffusers, transformer_state_dict)
-from engine.tiny import CONNECTORS, TRANSFORMER
+from engine.tiny import configs
+
+TRANSFORMER, CONNECTORS = configs()["transformer"], configs()["connectors"]
+
 
 @pytest.fixture(scope="module")
 def tiny_transformer():

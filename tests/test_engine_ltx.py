@@ -19,7 +19,8 @@ from blender_equi360.protocol import EXIT_CODES, parse_event
 from blender_equi360.video import probe
 from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 from engine import ltx, runner, tiny
-from engine.models import LTX23_CONFIGS, component_class, load_components
+from engine.configs import LTX23_CONFIGS
+from engine.models import LOADED, component_class, load_components
 from engine.protocol_io import Channel, EngineError
 from engine.weights import check_checkpoint, check_lora, check_text_encoder
 
@@ -101,8 +102,10 @@ def test_every_component_loads_strictly_with_every_weight_in_place(models):
     from pathlib import Path
     path = Path(models["checkpoint"])
     loaded = load_components(path, check_checkpoint(path), "cpu", torch.float32)
-    for name, original in tiny.build_components().items():
-        state = loaded[name].state_dict()
+    built = tiny.build_components()
+    assert set(loaded) == {"transformer", "connectors", "vae", "audio_vae"}  # not the vocoder: no sound is made
+    for name, module in loaded.items():
+        state, original = module.state_dict(), built[name]
         assert set(state) == set(original.state_dict()), name
         for key, value in original.state_dict().items():
             assert torch.equal(state[key], value), (name, key)
@@ -123,18 +126,19 @@ def test_full_size_ltx23_configs_build_with_the_published_sizes():
 def test_the_real_checkpoint_layout_converts_onto_every_full_size_component():
     """Every tensor name and shape of ltx-2.3-22b-dev.safetensors (dumped from Lightricks' ltx-core 1.2.0
     modules built on the meta device from the LTX-2.3 config) lands on exactly one parameter of the
-    full-size diffusers components, and every parameter gets one."""
+    full-size diffusers components the engine loads, and every parameter gets one."""
     import gzip
     from accelerate import init_empty_weights
     from engine.convert import split_checkpoint
-    from engine.models import component_configs
+    from engine.configs import component_configs
     from engine.weights import Header
     original = json.loads(gzip.decompress((ROOT / "tests/data/ltx23_original_keys.json.gz").read_bytes()))
     header = Header(tuple(original), {}, {})
     configs, plan = component_configs(header), split_checkpoint(original)
     assert configs["vae"]["layers_per_block"] == (4, 6, 4, 2, 2) and not configs["vae"]["timestep_conditioning"]
     used = set()
-    for name, mapping in plan.items():
+    for name in LOADED:
+        mapping = plan[name]
         with init_empty_weights():
             module = component_class(name).from_config(configs[name])
         shapes = {k: list(v.shape) for k, v in module.state_dict().items()}
@@ -142,8 +146,9 @@ def test_the_real_checkpoint_layout_converts_onto_every_full_size_component():
         for key, source in mapping.items():
             assert original[source] == shapes[key], (name, key)
         used |= set(mapping.values())
-    assert sorted(set(original) - used) == ["vae.per_channel_statistics.channel",
-                                            "vae.per_channel_statistics.mean-of-stds"]
+    unused = sorted(set(original) - used)  # and the vocoder's: the engine makes no sound
+    assert [k for k in unused if not k.startswith("vocoder.")] == ["vae.per_channel_statistics.channel",
+                                                                   "vae.per_channel_statistics.mean-of-stds"]
 
 
 # --- recipes -----------------------------------------------------------------------------------------------
@@ -188,8 +193,30 @@ def test_reference_tokens_never_reach_the_decoder(tmp_path, reference, models, m
     captured = Captured(monkeypatch)
     captured.run(make_job(tmp_path, reference, models))
     # 9 frames at 128×64 are 2×2×4 latents: the target alone, not target + reference.
-    assert tuple(captured.latents.shape) == (1, tiny.VIDEO_VAE["latent_channels"], 2, 2, 4)
+    assert tuple(captured.latents.shape) == (1, tiny.METADATA_CONFIG["vae"]["latent_channels"], 2, 2, 4)
     assert captured.video.shape == (9, 64, 128, 3)
+
+
+def test_the_vae_encoder_only_ever_sees_pixels_in_minus_1_to_1(tmp_path, models, monkeypatch):
+    """The reference and a continuation window's frames, on the real engine path (two windows): the
+    encoder's input spans the whole range (black is −1, the plate reaches near 1) and never leaves it."""
+    from diffusers import AutoencoderKLLTX2Video
+    clip = write_clip(tmp_path / "clip.mp4", 33, 240, 100, 24, lambda k: smooth_texture(240, 100, k / 5))
+    build_reference(clip, tmp_path / "reference.mkv", tmp_path / "mask.mkv",
+                    ReferenceSettings(camera=Camera(100), size=CanvasSize(128, 64), frames=None))
+    job_dir = make_job(tmp_path / "job", tmp_path, models, steps=1, window_frames=25, window_overlap=9)
+    seen = []
+    real_encode = AutoencoderKLLTX2Video.encode
+
+    def encode(vae, pixels, *args, **kwargs):
+        seen.append((tuple(pixels.shape), float(pixels.min()), float(pixels.max())))
+        return real_encode(vae, pixels, *args, **kwargs)
+    monkeypatch.setattr(AutoencoderKLLTX2Video, "encode", encode)
+    Captured(monkeypatch).run(job_dir)
+    # window 1: its reference; window 2: the previous window's 9 shared frames, then its reference
+    assert [shape[2] for shape, _, _ in seen] == [25, 9, 17], seen  # the last window is 17 frames (8k+1)
+    assert all(-1 <= low and high <= 1 for _, low, high in seen), seen
+    assert all(low < -0.99 and high > 0.5 for _, low, high in seen[::2]), seen  # the references: black is −1
 
 
 def test_the_lora_changes_the_output_and_strength_zero_is_the_base_model(tmp_path, reference, models, monkeypatch):
@@ -213,6 +240,19 @@ def test_fast_preset_fuses_the_distilled_lora_and_runs_eight_steps(tmp_path, ref
     with pytest.raises(EngineError) as info:
         captured.run(make_job(tmp_path / "nodistilled", reference, missing, preset="fast"))
     assert info.value.code == "missing_weights" and "distilled LoRA" in str(info.value)
+
+
+def test_a_checkpoint_without_audio_vae_or_vocoder_makes_the_same_video(tmp_path, reference, models, monkeypatch):
+    """The engine makes no sound: the vocoder is never loaded, and without an audio VAE the audio latents'
+    statistics are not needed either (the audio starts from noise and is never decoded)."""
+    runs = {}
+    for name, keep in (("whole", lambda k: True),
+                       ("video_only", lambda k: not k.startswith(("audio_vae.", "vocoder.")))):
+        files = _rewritten(models, tmp_path / f"{name}.safetensors", keep)
+        captured = Captured(monkeypatch)
+        captured.run(make_job(tmp_path / name, reference, files))
+        runs[name] = captured.latents
+    assert torch.equal(runs["whole"], runs["video_only"])
 
 
 def test_low_vram_path_runs(tmp_path, reference, models, monkeypatch):

@@ -56,7 +56,7 @@ def test_the_model_sees_a_rolled_canvas_but_answers_in_the_canvas_frame():
 def test_the_wrapped_decode_crops_back_to_the_canvas_and_sees_across_the_edge():
     vae = tiny.build_components()["vae"]
     torch.manual_seed(0)
-    latents = torch.randn(1, tiny.VIDEO_VAE["latent_channels"], 2, 2, 4)
+    latents = torch.randn(1, tiny.METADATA_CONFIG["vae"]["latent_channels"], 2, 2, 4)
 
     def roll_error(pad):
         """How far decoding is from commuting with a roll of the canvas: 0 for a perfect wrap."""
