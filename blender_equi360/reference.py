@@ -17,7 +17,7 @@ from .camera import Camera
 from .errors import Equi360Error
 from .projection import CanvasSize, PlateMapping, Window, prefiltered_plate_size
 from .video import (CODECS, DEFAULT_CODEC, LosslessVideoWriter, PictureBox, SourceInfo, atomic_outputs,
-                    decode_plates, detect_picture, probe, write_held_image)
+                    decode_plates, describe_orientation, detect_picture, probe, write_held_image)
 
 TARGET_ASPECT = 2.39  # the model's sweet spot
 CROPS = ("center", "top", "bottom", "none")
@@ -136,6 +136,9 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
         raise Equi360Error(f"start {settings.start_s:g} s is past the end of the clip ({info.duration_s:.2f} s)")
 
     notes: list[str] = []
+    if info.orientation:
+        notes.append(f"shown {describe_orientation(info.orientation)}, as the file's display matrix asks: the "
+                     f"picture is {info.width}x{info.height}")
     span_s = None if settings.frames is None else settings.frames / settings.fps
     picture = (detect_picture(info, settings.start_s, span_s) if settings.detect_letterbox
                else PictureBox(0, 0, info.width, info.height))

@@ -8,6 +8,7 @@ import ctypes.util
 import errno
 import math
 import os
+import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,12 +37,66 @@ _BAR_LEVEL = 24  # a bar row/column never gets brighter than this (8-bit luma, f
 @dataclass(frozen=True)
 class SourceInfo:
     path: Path
-    width: int
+    width: int        # the picture as it is shown (after the display matrix), not as it is stored
     height: int
     fps: Fraction
     duration_s: float
     frame_count: int  # as the container states it, or estimated from the duration
     codec: str
+    orientation: tuple[str, ...] = ()  # the filters that show the stored picture upright (ORIENTATIONS)
+
+
+# The eight ways a display matrix turns or mirrors the stored picture (what every phone writes for a clip
+# shot in portrait), keyed by the signs of its 2×2 part (a, b, c, d): the FFmpeg filters that show the
+# picture as FFmpeg's own player does (checked against it in tests/test_video_input.py).
+ORIENTATIONS = {
+    (1, 0, 0, 1): (),
+    (-1, 0, 0, 1): ("hflip",),
+    (1, 0, 0, -1): ("vflip",),
+    (-1, 0, 0, -1): ("hflip", "vflip"),
+    (0, -1, 1, 0): ("transpose=cclock",),
+    (0, 1, -1, 0): ("transpose=clock",),
+    (0, 1, 1, 0): ("transpose=cclock_flip",),
+    (0, -1, -1, 0): ("transpose=clock_flip",),
+}
+_ORIENTATION_WORDS = {(): "as stored", ("hflip",): "mirrored left to right", ("vflip",): "mirrored top to bottom",
+                      ("hflip", "vflip"): "turned 180°", ("transpose=cclock",): "turned 90° counter-clockwise",
+                      ("transpose=clock",): "turned 90° clockwise",
+                      ("transpose=cclock_flip",): "turned 90° counter-clockwise and mirrored",
+                      ("transpose=clock_flip",): "turned 90° clockwise and mirrored"}
+_ORIENT_ARRAY = {"hflip": lambda a: a[:, ::-1], "vflip": lambda a: a[::-1],
+                 "transpose=cclock": lambda a: np.rot90(a, 1), "transpose=clock": lambda a: np.rot90(a, -1),
+                 "transpose=cclock_flip": lambda a: a.swapaxes(0, 1),
+                 "transpose=clock_flip": lambda a: np.rot90(a, 2).swapaxes(0, 1)}
+
+
+def frame_orientation(frame, path: Path) -> tuple[str, ...]:
+    """The filters that show a decoded frame upright, from its display matrix; a turn that is not a
+    multiple of 90° is refused."""
+    matrix = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if matrix is None:
+        return ()
+    a, b, _, c, d, *_ = struct.unpack("<9i", bytes(matrix))
+    key = tuple(int(np.sign(round(v / 65536))) for v in (a, b, c, d))
+    if key not in ORIENTATIONS:
+        raise Equi360Error(f"{path}: its display matrix turns the picture by {frame.rotation}°, not a multiple of "
+                           "90°: export the clip upright and try again")
+    return ORIENTATIONS[key]
+
+
+def describe_orientation(orientation: tuple[str, ...]) -> str:
+    return _ORIENTATION_WORDS[tuple(orientation)]
+
+
+def orient(image: np.ndarray, orientation: tuple[str, ...]) -> np.ndarray:
+    """A decoded (stored) image turned as ``orientation`` shows it."""
+    for name in orientation:
+        image = _ORIENT_ARRAY[name](image)
+    return np.ascontiguousarray(image)
+
+
+def _orientation_filters(orientation: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [tuple(name.split("=")) if "=" in name else (name, "") for name in orientation]
 
 
 @dataclass(frozen=True)
@@ -88,7 +143,10 @@ def probe(path) -> SourceInfo:
         fps = stream.average_rate or stream.guessed_rate or Fraction(24)
         duration = _duration_s(container, stream)
         frames = stream.frames or max(1, round(duration * float(fps)))
-        return SourceInfo(path, first.width, first.height, Fraction(fps), duration, frames, stream.codec_context.name)
+        orientation = frame_orientation(first, path)
+        width, height = (first.height, first.width) if any(o.startswith("transpose") for o in orientation) \
+            else (first.width, first.height)
+        return SourceInfo(path, width, height, Fraction(fps), duration, frames, stream.codec_context.name, orientation)
 
 
 def _duration_s(container, stream) -> float:
@@ -129,7 +187,7 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
             if t > end_s:
                 break
             if t >= start_s - 1e-3:
-                samples.append(frame.to_ndarray(format="gray"))
+                samples.append(orient(frame.to_ndarray(format="gray"), info.orientation))
         stream.codec_context.skip_frame = "DEFAULT"
         _seek(container, stream, start_s)
         next_sample_s = start_s
@@ -138,7 +196,7 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
             if t > end_s or next_sample_s > start_s + (FADE_SAMPLES - 0.5) * FADE_SAMPLE_STEP_S:
                 break
             if t >= next_sample_s - 0.5 / float(info.fps):
-                samples.append(frame.to_ndarray(format="gray"))
+                samples.append(orient(frame.to_ndarray(format="gray"), info.orientation))
                 next_sample_s += FADE_SAMPLE_STEP_S
     return picture_box_from_samples(samples, info.width, info.height)
 
@@ -248,7 +306,8 @@ def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, 
             for k, frame, repeated in resample_times(timed, fps_out, start_s, count, float(info.fps)):
                 if not repeated or plate is None:
                     if graph is None:
-                        graph = _plate_graph(stream, frame, (box.x + cx, box.y + cy, cw, ch), plate_size)
+                        graph = _plate_graph(stream, frame, info.orientation, (box.x + cx, box.y + cy, cw, ch),
+                                             plate_size)
                     graph.push(frame)
                     plate = graph.pull().to_ndarray()
                 yield k, plate, repeated
@@ -261,9 +320,10 @@ def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, 
 _EXACT_COLOUR = "full_chroma_int+accurate_rnd"
 
 
-def _plate_graph(stream, first_frame, crop, plate_size):
+def _plate_graph(stream, first_frame, orientation, crop, plate_size):
     x, y, w, h = crop
     return _graph(stream, [
+        *_orientation_filters(orientation),
         ("crop", f"{w}:{h}:{x}:{y}"),
         ("scale", f"{plate_size[0]}:{plate_size[1]}:flags={PREFILTER}+{_EXACT_COLOUR}:{_color_args(first_frame)}"),
         ("format", "bgra"),
@@ -455,7 +515,8 @@ def read_frames(path, fmt: str = "rgb24", start: int = 0) -> Iterator[np.ndarray
             if start and round(_frame_time(frame, stream, origin, 0, fps) * fps) < start:
                 continue  # decoded from the keyframe before ``start``
             if graph is None:
-                graph = _graph(stream, [("scale", f"flags=bilinear+{_EXACT_COLOUR}:{_color_args(frame)}"),
+                graph = _graph(stream, [*_orientation_filters(frame_orientation(frame, Path(path))),
+                                        ("scale", f"flags=bilinear+{_EXACT_COLOUR}:{_color_args(frame)}"),
                                         ("format", fmt)])
             graph.push(frame)
             yield graph.pull().to_ndarray()

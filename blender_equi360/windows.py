@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -210,8 +211,15 @@ def open_manifest(job_dir, windows: list[TimeWindow], inputs: str) -> tuple[Mani
     return manifest, notes
 
 
-def remove_partials(folder: Path) -> None:
-    """Temporary files a killed run left behind (call it holding the job's lock: a running job's
-    temporary files look the same)."""
-    for leftover in folder.glob(".*.partial-*"):
-        leftover.unlink(missing_ok=True)
+def remove_partials(job_dir: Path) -> None:
+    """Temporary files and folders a killed run left behind in the job folder and its windows folder (call
+    it holding the job's lock: a running job's temporary files look the same). A link is removed, never
+    followed."""
+    for folder in (job_dir, job_dir / WINDOWS_DIR):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for leftover in folder.glob(".*.partial-*"):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import sys
 
 from .check import check
 from .protocol_io import Channel
-from .runner import log_path, run
+from .runner import run
 
 
 def main(argv=None) -> int:
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         from .tiny import make_tiny_models
         print(json.dumps(make_tiny_models(args.dir), indent=2))
         return 0
-    channel = Channel(log_path(args.job_dir))
+    channel = Channel()
     channel.listen_for_cancel()
     try:
         return run(args.job_dir, channel)

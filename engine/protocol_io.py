@@ -4,6 +4,7 @@ and cancellation by SIGINT or a ``cancel`` line on stdin."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -31,12 +32,18 @@ class Cancelled(EngineError):
 class Channel:
     """Everything the engine says goes through here; ``check_cancel()`` is called between steps."""
 
-    def __init__(self, log_path: Path | None = None, out=None):
+    def __init__(self, out=None):
         self._out = out or sys.stdout
-        self._log = open(log_path, "a", encoding="utf-8") if log_path else None
+        self._log = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.window: tuple[int, int] | None = None  # (1-based window, windows) while making one, for progress
+
+    def open_log(self, path: Path) -> None:
+        """Append the log to ``path`` too; never through a symbolic link (the engine writes only inside its
+        job folder). Raises OSError (a read-only folder, a link) for the caller to report."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        self._log = os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8")
 
     def emit(self, event: str, **fields) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from blender_equi360.errors import Equi360Error, IncompatibleJob
-from blender_equi360.job import LOG_FILE, Job, job_path, load_job, output_path
+from blender_equi360.job import LOCK_FILE, LOG_FILE, Job, check_job_folder, job_path, load_job
 from blender_equi360.protocol import EXIT_CODES
 from blender_equi360.video import LosslessVideoWriter, atomic_outputs, read_frames
 from blender_equi360.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
@@ -30,7 +30,6 @@ from . import draft, ltx
 from .deliver import deliver, placement_with_source
 from .protocol_io import Channel, EngineError
 
-LOCK_FILE = "job.lock"
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -141,7 +140,8 @@ def job_lock(job_dir: Path):
     """Held while the job runs: a second engine on the same folder (a double start, a farm retry while
     the first worker still runs) is refused instead of mixing their files. The OS drops the lock when
     the process dies, however it dies."""
-    handle = open(job_dir / LOCK_FILE, "a+b")
+    handle = os.fdopen(os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644),
+                       "r+b")
     try:
         try:
             if os.name == "nt":
@@ -180,9 +180,17 @@ def run(job_dir, channel: Channel) -> int:
     try:
         if not job_dir.is_dir():
             raise EngineError("bad_job", f"{job_dir}: no such job folder")
+        job_dir = job_dir.resolve()
+        try:
+            channel.open_log(job_dir / LOG_FILE)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise EngineError("bad_job", f"{LOG_FILE} in {job_dir} is a symbolic link: the engine writes only "
+                                             "inside the job folder; remove the link") from None
+            raise
         try:
             job = load_job(job_dir)
-            output_path(job_dir, job)  # refuse an output outside the folder before any work
+            check_job_folder(job_dir, job)  # before any work: names, the folder's bounds, links
         except IncompatibleJob as err:
             raise EngineError("incompatible_job", str(err)) from None
         except Equi360Error as err:
@@ -219,8 +227,3 @@ def _fail(channel: Channel, code: str, message: str) -> int:
     channel.log(f"error [{code}]: {message}")
     channel.emit("error", code=code, message=message)
     return EXIT_CODES[code]
-
-
-def log_path(job_dir) -> Path | None:
-    path = Path(job_dir)
-    return path / LOG_FILE if path.is_dir() else None
