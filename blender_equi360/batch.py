@@ -40,7 +40,8 @@ def is_done(job_dir: Path) -> bool:
 
 def run_batch(job_dirs, python: str = sys.executable, log=print) -> list[Outcome]:
     outcomes = []
-    for n, job_dir in enumerate(map(Path, job_dirs), 1):
+    job_dirs = [Path(d).resolve() for d in job_dirs]  # the engine runs in its own folder
+    for n, job_dir in enumerate(job_dirs, 1):
         prefix = f"[{n}/{len(job_dirs)}] {job_dir}"
         if is_done(job_dir):
             outcomes.append(Outcome(job_dir, "skipped", "already done"))

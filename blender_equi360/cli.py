@@ -151,8 +151,6 @@ def _batch(args) -> int:
 
 def _preview(args) -> int:
     from .preview import preview_sheet
-    if args.view_size < 64:
-        raise Equi360Error("--view-size must be at least 64 pixels")
     print(f"wrote {preview_sheet(args.video, args.output, args.frame, args.job, args.view_size)}")
     return 0
 

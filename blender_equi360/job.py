@@ -191,7 +191,8 @@ def memory_gb() -> float | None:
 
 
 def _check_version(version) -> None:
-    if not _whole(version) or version != VERSION:
+    _check(_whole(version), f"version must be a whole number (this Equi360 writes {VERSION})")
+    if version != VERSION:
         raise IncompatibleJob(f"{JOB_FILE}: made by another version of Equi360 (job version {version!r}; this "
                               f"one reads {VERSION}): run it with that version, or make the job again")
 

@@ -23,6 +23,7 @@ from .video import atomic_outputs, encode_image, probe, read_frames, resize
 VIEWS = (("FRONT", 0.0, 0.0), ("LEFT", -90.0, 0.0), ("RIGHT", 90.0, 0.0),
          ("BACK", 180.0, 0.0), ("UP", 0.0, 90.0), ("DOWN", 0.0, -90.0))  # name, yaw, pitch
 VIEW_FOV_DEG = 90.0
+VIEW_SIZES = (64, 2048)  # pixels: smaller is unreadable, larger makes a sheet of hundreds of MB
 OUTLINE = np.array([255, 220, 0], np.uint8)
 GAP = 8
 BACKGROUND = 24
@@ -85,13 +86,17 @@ def preview_sheet(video, output, frame: int | None = None, job_dir=None, view_si
     video, output = Path(video), Path(output)
     if output.suffix.lower() != ".png":
         raise Equi360Error(f"{output}: the preview sheet is a PNG: name it .png")
+    if not (isinstance(view_size, int) and VIEW_SIZES[0] <= view_size <= VIEW_SIZES[1]):
+        raise Equi360Error(f"the view size must be {VIEW_SIZES[0]} to {VIEW_SIZES[1]} pixels")
+    if frame is not None and (not isinstance(frame, int) or frame < 0):
+        raise Equi360Error(f"frame {frame} is not a frame number: count from 0")
     info = probe(video)
     if abs(info.width - 2 * info.height) > 1:
         raise Equi360Error(f"{video}: {info.width}×{info.height} is not an equirect video (2:1)")
     index = info.frame_count // 2 if frame is None else frame
     picture = next(itertools.islice(read_frames(video), index, None), None)
     if picture is None:
-        raise Equi360Error(f"{video}: has no frame {index} (it has {info.frame_count})")
+        raise Equi360Error(f"{video}: has no frame {index} (it has {info.frame_count}: 0 to {info.frame_count - 1})")
     job_dir = Path(job_dir) if job_dir is not None else _job_of(video)
     mask = _job_mask(job_dir)
     plate = resize_nearest(mask, info.width, info.height) < 128 if mask is not None else None

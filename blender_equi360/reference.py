@@ -126,8 +126,10 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
 
     ``progress(done, total)`` is called after each frame (``total`` is None while unknown)."""
     settings = settings or ReferenceSettings()
-    source, output = Path(source), Path(output)
-    mask = Path(mask) if mask is not None else default_mask_path(output)
+    # Absolute from here on: the placement record names the source for the engine, batch and score, which
+    # run from other folders. (Outputs are made absolute without following links, which atomic_outputs refuses.)
+    source, output = Path(source).resolve(), Path(os.path.abspath(output))
+    mask = Path(os.path.abspath(mask)) if mask is not None else default_mask_path(output)
     _check_outputs(source, output, mask)
     info = probe(source)
     if settings.fps is None:
@@ -142,7 +144,8 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     span_s = None if settings.frames is None else settings.frames / settings.fps
     picture = (detect_picture(info, settings.start_s, span_s) if settings.detect_letterbox
                else PictureBox(0, 0, info.width, info.height))
-    if (picture.width, picture.height) != (info.width, info.height):
+    # (An odd size alone loses its last row or column, which keeps 4:2:0 chroma aligned: not bars.)
+    if picture.x or picture.y or picture.width < info.width - 1 or picture.height < info.height - 1:
         notes.append(f"letterbox/pillarbox bars removed: picture is {picture.width}x{picture.height} "
                      f"at ({picture.x}, {picture.y}) of {info.width}x{info.height}")
     cx, cy, cw, ch = plate_crop(picture, settings.crop)
@@ -187,6 +190,9 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
         # The camera is static, so the mask is one image; written after the video so the two encoders
         # never hold memory at the same time.
         write_held_image(tmp_mask, mapping.mask, written, fps)
+    if settings.frames is None and written - padded < info.frame_count - 1 and not settings.start_s:
+        notes.append(f"the file holds {written - padded} of the {info.frame_count} frames its header announces "
+                     "(cut short or damaged): those were used")
     if padded:
         notes.append(f"the clip gave {target - padded} frames: padded to {target} by holding the last frame")
     elif settings.frames is not None and info.duration_s - settings.start_s > span_s + 0.5 / settings.fps:
@@ -230,6 +236,7 @@ class Placement:
     start_s: float
     frames: int          # in the reference (8k+1)
     padded: int          # of those, held copies of the clip's last frame
+    source_size: tuple[int, int] | None = None  # the clip's picture as shown, when the record says
 
     @property
     def source_frames(self) -> int:
@@ -253,7 +260,8 @@ def load_placement(reference_video) -> Placement:
         settings = data["settings"]
         return Placement(Path(data["source"]["path"]), Camera(**settings["camera"]), PictureBox(**data["picture"]),
                          Window(**data["window"]), tuple(data["plate_size"]), float(settings["fps"]),
-                         float(settings["start_s"]), int(data["frames_written"]), int(data["padded_frames"]))
+                         float(settings["start_s"]), int(data["frames_written"]), int(data["padded_frames"]),
+                         (int(data["source"]["width"]), int(data["source"]["height"])))
     except FileNotFoundError:
         raise Equi360Error(f"{path}: no placement record next to the reference (build the reference again "
                            "with this version)") from None

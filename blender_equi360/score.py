@@ -40,6 +40,7 @@ def score(output, source, job_dir) -> dict:
     placement = load_placement(job_path(job_dir, job.reference))
     mask = next(read_frames(job_path(job_dir, job.mask), "gray"))
     info_out, info_src = probe(output), probe(source)
+    warnings = _check_belong_together(info_out, info_src, job, placement)
     count = min(info_out.frame_count, placement.source_frames)
     if count < 1:
         raise Equi360Error(f"{output}: no frames to score")
@@ -65,7 +66,7 @@ def score(output, source, job_dir) -> dict:
         generated_changes.add(y)
     finite = [p for p in psnrs if math.isfinite(p)] or [99.0]
     report = {
-        "output": str(output), "frames": len(psnrs),
+        "output": str(output), "frames": len(psnrs), "warnings": warnings,
         "plate": {"psnr_db_mean": float(np.mean(finite)), "psnr_db_min": float(min(finite)),
                   "ssim_mean": float(np.mean(ssims)), "ssim_min": float(min(ssims)),
                   "eroded_px": round_trip.margin, "judged_at": round_trip.shares()},
@@ -158,6 +159,29 @@ def _canvas_pitch(x: np.ndarray, y: np.ndarray, width: int) -> np.ndarray:
     return 1.0 / np.maximum(np.minimum(canvas_per_u, canvas_per_v), 1e-9)
 
 
+def _check_belong_together(out, source, job, placement) -> list[str]:
+    """A result, a clip and a job scored together must belong together: refuses what cannot (another
+    frame rate or length than the job delivers, a clip of another size than the reference was built from);
+    warns where they may (the clip is not the file the reference names)."""
+    if abs(out.width - 2 * out.height) > 1:
+        raise Equi360Error(f"{out.path}: {out.width}×{out.height} is not an equirect video (2:1)")
+    if abs(float(out.fps) - placement.fps) > 1e-3:
+        raise Equi360Error(f"{out.path} runs at {float(out.fps):g} fps but its job's reference at {placement.fps:g}: "
+                           "score a job's own result")
+    expected = min(placement.source_frames, job.output_frames or placement.source_frames)
+    if abs(out.frame_count - expected) > 1:  # a container may state one frame more or less
+        raise Equi360Error(f"{out.path} has {out.frame_count} frames but its job delivers {expected}: score a job's "
+                           "own result")
+    if placement.source_size and (source.width, source.height) != placement.source_size:
+        raise Equi360Error(f"{source.path} is {source.width}×{source.height} but the reference was built from a "
+                           f"{placement.source_size[0]}×{placement.source_size[1]} clip: give the job's own source")
+    warnings = []
+    if source.path.resolve() != placement.source.resolve():
+        warnings.append(f"the source given, {source.path}, is not the file the reference was built from "
+                        f"({placement.source}): scored as if it were")
+    return warnings
+
+
 def _mean_bands(per_frame: list[list[dict]]) -> list[dict]:
     out = []
     for b, band in enumerate(per_frame[0]):
@@ -168,7 +192,7 @@ def _mean_bands(per_frame: list[list[dict]]) -> list[dict]:
 
 def format_report(report: dict) -> str:
     plate, seam, goals = report["plate"], report["seam_ratio"], report["goals"]
-    lines = [f"{report['output']}: {report['frames']} frames",
+    lines = [f"{report['output']}: {report['frames']} frames", *(f"  warning: {w}" for w in report["warnings"]),
              f"  plate round trip  PSNR {plate['psnr_db_mean']:.2f} dB mean, {plate['psnr_db_min']:.2f} min "
              f"(goal ≥ {goals['plate_psnr_min_db']['goal']:g}: {_met(goals['plate_psnr_min_db'])}); "
              f"SSIM {plate['ssim_mean']:.4f} mean, {plate['ssim_min']:.4f} min",

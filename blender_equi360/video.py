@@ -120,6 +120,10 @@ def _open(path: Path):
     if not container.streams.video:
         container.close()
         raise Equi360Error(f"{path}: has no video stream")
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe, …
+        container.close()
+        raise Equi360Error(f"{path}: a still image, not a video: Equi360 converts clips (make a clip of the still "
+                           "first, e.g. as an image strip in Blender's Video Sequencer rendered to a movie)")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     return container, stream
@@ -182,7 +186,7 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
     with container:
         stream.codec_context.skip_frame = "NONKEY"
         _seek(container, stream, start_s)
-        for i, frame in enumerate(container.decode(stream)):
+        for i, frame in enumerate(_decodable(container, stream)):
             t = _frame_time(frame, stream, origin, i, info.fps)
             if t > end_s:
                 break
@@ -191,7 +195,7 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
         stream.codec_context.skip_frame = "DEFAULT"
         _seek(container, stream, start_s)
         next_sample_s = start_s
-        for i, frame in enumerate(container.decode(stream)):
+        for i, frame in enumerate(_decodable(container, stream)):
             t = _frame_time(frame, stream, origin, i, info.fps)
             if t > end_s or next_sample_s > start_s + (FADE_SAMPLES - 0.5) * FADE_SAMPLE_STEP_S:
                 break
@@ -199,6 +203,15 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
                 samples.append(orient(frame.to_ndarray(format="gray"), info.orientation))
                 next_sample_s += FADE_SAMPLE_STEP_S
     return picture_box_from_samples(samples, info.width, info.height)
+
+
+def _decodable(container, stream):
+    """The frames that decode: a file cut short (an interrupted copy) or damaged further on ends where its
+    data does, as when it is decoded for the plate."""
+    try:
+        yield from container.decode(stream)
+    except (av.error.InvalidDataError, av.error.EOFError):
+        return
 
 
 def picture_box_from_samples(samples: list[np.ndarray], width: int, height: int) -> PictureBox:

@@ -30,6 +30,9 @@ class Header:
 
 def read_header(path: Path, what: str) -> Header:
     """The tensor names and metadata of a .safetensors file; refuses missing, truncated or foreign files."""
+    if path.is_dir():
+        raise EngineError("missing_weights", f"{what} {path} is a folder, not a .safetensors file: choose the file "
+                                             "(in the add-on's preferences)")
     if not path.is_file():
         raise EngineError("missing_weights", f"{what} not found: {path} (set it in the add-on's preferences)")
     size = path.stat().st_size
@@ -97,6 +100,9 @@ def check_lora(path: Path, what: str = "IC-LoRA") -> tuple[Header, int]:
 
 def check_text_encoder(folder: Path) -> dict:
     """A Gemma 3 folder: config.json of a gemma3 model, a tokenizer and safetensors weights."""
+    if folder.is_file():
+        raise EngineError("missing_weights", f"text encoder {folder} is a file: choose the Gemma 3 12B folder that "
+                                             "holds it")
     if not folder.is_dir():
         raise EngineError("missing_weights", f"text encoder folder not found: {folder} (the Gemma 3 12B folder)")
     try:

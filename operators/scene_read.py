@@ -67,13 +67,45 @@ def read_strip(scene, strip) -> StripSource:
 
 
 def read_camera(scene, source: StripSource) -> tuple[CameraPose, list[str]]:
-    """The scene camera as the core's :class:`Camera`, with warnings outside the model's sweet spot."""
+    """The scene camera at the strip's first frame as the core's :class:`Camera`, with warnings outside the
+    model's sweet spot, and when the camera moves or zooms over the strip (not supported yet: the first
+    frame's pose is used whatever frame the playhead shows)."""
     obj = scene.camera
     if obj is None:
         raise Equi360Error("the scene has no camera: add one, or set the scene's camera, to place the plate")
+    if obj.data.type != "PERSP":
+        raise Equi360Error(f"camera {obj.name!r} is {obj.data.type.lower()}: the plate needs a perspective camera")
+    first, last = source.timeline_start, source.timeline_start + max(source.timeline_frames, 1) - 1
+    playhead = (scene.frame_current, scene.frame_subframe)
+    poses = {}
+    try:
+        for frame in sorted({first, (first + last) // 2, last}):
+            scene.frame_set(frame)
+            poses[frame] = _pose(scene, obj, source)
+    finally:
+        scene.frame_set(playhead[0], subframe=playhead[1])
+    pose, hfov, clip_aspect = poses[first]
+    if not MIN_OK <= hfov <= MAX_OK:
+        raise Equi360Error(f"camera {obj.name!r} shows the clip at {hfov:.1f}° across; it must be between "
+                           f"{MIN_OK:.0f}° and {MAX_OK:.0f}°")
+    warnings = []
+    moves = [(frame, other) for frame, (other, _, _) in poses.items() if _moved(pose, other)]
+    if moves:
+        frame, other = moves[-1]
+        warnings.append(f"camera {obj.name!r} moves over the strip (heading {pose.heading_deg:.0f}° at frame {first}, "
+                        f"{other.heading_deg:.0f}° at frame {frame}; FOV {pose.camera.hfov_deg:.0f}° → "
+                        f"{other.camera.hfov_deg:.0f}°): a moving camera is not supported yet, the pose at the "
+                        f"strip's first frame ({first}) is used for the whole clip")
+    if not SWEET_HFOV_DEG[0] <= hfov <= SWEET_HFOV_DEG[1]:
+        warnings.append(f"the clip spans {hfov:.0f}° across; the model works best near 100°")
+    if not SWEET_ASPECT[0] <= clip_aspect <= SWEET_ASPECT[1]:
+        warnings.append(f"the clip is {clip_aspect:.2f}:1; it will be cropped to 2.39:1, the model's shape")
+    return pose, warnings
+
+
+def _pose(scene, obj, source: StripSource):
+    """The camera's pose at the current frame: (CameraPose, horizontal FOV of the clip, the clip's aspect)."""
     data = obj.data
-    if data.type != "PERSP":
-        raise Equi360Error(f"camera {obj.name!r} is {data.type.lower()}: the plate needs a perspective camera")
     # view_frame includes sensor fit, render aspect, pixel aspect and shift; it looks down -Z.
     corners = data.view_frame(scene=scene)
     xs, ys, depth = [c.x for c in corners], [c.y for c in corners], abs(corners[0].z)
@@ -91,16 +123,18 @@ def read_camera(scene, source: StripSource) -> tuple[CameraPose, list[str]]:
     level_right = (math.sin(math.radians(heading)), -math.cos(math.radians(heading)), 0.0)
     level_up = _cross(level_right, forward)
     roll = math.degrees(math.atan2(_dot(right, level_up), _dot(right, level_right)))
-    if not MIN_OK <= hfov <= MAX_OK:
-        raise Equi360Error(f"camera {obj.name!r} shows the clip at {hfov:.1f}° across; it must be between "
-                           f"{MIN_OK:.0f}° and {MAX_OK:.0f}°")
-    camera = Camera(hfov_deg=hfov, pitch_deg=pitch, roll_deg=roll, shift_x=shift_x, shift_y=shift_y)
-    warnings = []
-    if not SWEET_HFOV_DEG[0] <= hfov <= SWEET_HFOV_DEG[1]:
-        warnings.append(f"the clip spans {hfov:.0f}° across; the model works best near 100°")
-    if not SWEET_ASPECT[0] <= clip_aspect <= SWEET_ASPECT[1]:
-        warnings.append(f"the clip is {clip_aspect:.2f}:1; it will be cropped to 2.39:1, the model's shape")
-    return CameraPose(camera, heading, tuple(obj.matrix_world.translation)), warnings
+    camera = Camera(hfov_deg=min(max(hfov, 1.0), 179.0), pitch_deg=pitch, roll_deg=roll, shift_x=shift_x,
+                    shift_y=shift_y)
+    return CameraPose(camera, heading, tuple(obj.matrix_world.translation)), hfov, clip_aspect
+
+
+def _moved(a: CameraPose, b: CameraPose) -> bool:
+    """More than a tenth of a degree of turn or zoom, a thousandth of the frame of shift, a millimetre of travel."""
+    turn = max(abs((a.heading_deg - b.heading_deg + 180) % 360 - 180), abs(a.camera.pitch_deg - b.camera.pitch_deg),
+               abs((a.camera.roll_deg - b.camera.roll_deg + 180) % 360 - 180), abs(a.camera.hfov_deg - b.camera.hfov_deg))
+    shift = max(abs(a.camera.shift_x - b.camera.shift_x), abs(a.camera.shift_y - b.camera.shift_y))
+    travel = max(abs(p - q) for p, q in zip(a.location, b.location))
+    return turn > 0.1 or shift > 1e-3 or travel > 1e-3
 
 
 def _axes(matrix):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, smooth_texture, write_clip
@@ -212,6 +213,49 @@ def test_bad_input_is_a_report_and_leaves_nothing_behind(tmp_path, clip, setup, 
     """)
     assert result["status"] == ["CANCELLED"] and words in result["message"], result["message"]
     assert result["after"] == result["before"] and result["jobs"] == []
+
+
+def test_a_camera_that_turns_over_the_strip_is_read_at_the_strips_first_frame_with_a_warning(tmp_path, clip):
+    """Wherever the playhead is: the pose at the strip's first frame, and a warning that says so."""
+    result = blender(tmp_path, body=f"""
+        cam = add_camera(heading=0.0, pitch=0.0)
+        add_strip({str(clip)!r}, frame_start=1)
+        from mathutils import Matrix
+        base = cam.matrix_world.copy()
+        for frame, heading in ((1, 0.0), (10, 90.0)):
+            cam.matrix_world = Matrix.Rotation(math.radians(heading), 4, "Z") @ base
+            cam.keyframe_insert("rotation_euler", frame=frame)
+        scene.frame_set(6)
+        from bl_ext.test_repo.equi360.operators import scene_read
+        source = scene_read.read_strip(scene, scene.sequence_editor.active_strip)
+        pose, warnings = scene_read.read_camera(scene, source)
+        still = bpy.data.objects.new("Still", cam.data.copy())
+        scene.collection.objects.link(still)
+        still.matrix_world = base
+        scene.camera = still
+        _, still_warnings = scene_read.read_camera(scene, source)
+        report(heading=pose.heading_deg, warnings=warnings, still_warnings=still_warnings, playhead=scene.frame_current)
+    """)
+    assert result["heading"] == pytest.approx(0.0, abs=0.01) and result["playhead"] == 6
+    assert any("moves over the strip" in w and "frame 1" in w for w in result["warnings"]), result["warnings"]
+    assert not any("moves" in w for w in result["still_warnings"])
+
+
+def test_blender_and_the_core_see_a_portrait_phone_clip_the_same_way(tmp_path):
+    """Stored sideways with a 90° display matrix: Blender shows it upright, and so does the core."""
+    from blender_equi360.video import probe
+    from test_video_input import write_lossless
+    frames = [np.rot90(smooth_texture(144, 256, k), -1) for k in range(3)]
+    phone = write_lossless(tmp_path / "phone.mp4", frames, rotation=90)
+    result = blender(tmp_path, body=f"""
+        add_camera()
+        add_strip({str(phone)!r})
+        from bl_ext.test_repo.equi360.operators import scene_read
+        source = scene_read.read_strip(scene, scene.sequence_editor.active_strip)
+        report(size=[source.width, source.height])
+    """)
+    info = probe(phone)
+    assert result["size"] == [info.width, info.height] == [144, 256]
 
 
 def test_an_engine_error_or_crash_is_reported_with_its_code(tmp_path, clip, bpy_python):
