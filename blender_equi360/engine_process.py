@@ -20,6 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .errors import Equi360Error
 from .protocol import parse_event
 
 CANCEL_GRACE_S = 10.0     # the engine finishes its denoising step; a step can take seconds on a GPU
@@ -46,7 +47,8 @@ class EngineProcess:
                                           stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1,
                                           **session)
         except OSError as err:
-            raise OSError(f"could not start the engine with {python!r}: {err.strerror or err}") from None
+            raise Equi360Error(f"could not start the engine with {python!r} ({err.strerror or err}): set the "
+                               "engine's Python to the interpreter of the engine's environment") from None
         _RUNNING.add(self)
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True, name="equi360-engine-stderr")
         self._stderr_reader.start()

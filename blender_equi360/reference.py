@@ -20,6 +20,7 @@ from .video import (CODECS, DEFAULT_CODEC, LosslessVideoWriter, PictureBox, Sour
                     decode_plates, describe_orientation, detect_picture, probe, write_held_image)
 
 TARGET_ASPECT = 2.39  # the model's sweet spot
+MAX_CANVAS = CanvasSize(4096, 2048)  # the model's canvas: already 4.6× the tokens of 1920×960 per frame
 CROPS = ("center", "top", "bottom", "none")
 SWEET_SPOT_HFOV = (80.0, 120.0)
 DEFAULT_FRAMES = 121
@@ -50,6 +51,11 @@ class ReferenceSettings:
     def __post_init__(self):
         if self.crop not in CROPS:
             raise Equi360Error(f"crop {self.crop!r} is not one of {', '.join(CROPS)}")
+        if self.size.width > MAX_CANVAS.width:
+            raise Equi360Error(f"canvas {self.size} is larger than the model's largest, {MAX_CANVAS} (the VR-360 "
+                               "LoRA is made at 1920x960 and 2560x1280)")
+        if self.frames is not None and self.frames < 1:
+            raise Equi360Error(f"{self.frames} frames: the reference needs at least 1 (8k+1: 1, 9, …, 121)")
         if self.frames is not None and not valid_frame_count(self.frames):
             lower = round_up_frame_count(self.frames) - 8
             raise Equi360Error(

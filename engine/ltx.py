@@ -24,7 +24,6 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -140,15 +139,6 @@ def check_models(job: Job, job_dir: Path):
     return checkpoint, header, text_encoder, ic_lora, downscale, distilled
 
 
-def check_canvas(path: Path) -> Fraction:
-    """The reference's size is one the model takes; returns its frame rate."""
-    info = probe(path)
-    if info.width % 32 or info.height % 32:
-        raise EngineError("bad_input", f"{path}: {info.width}×{info.height} is not a multiple of 32 on both sides; "
-                                       "rebuild the reference at a supported size (e.g. 1920×960)")
-    return Fraction(info.fps)
-
-
 def memory_plan(header, text_encoder: Path, low_vram: bool) -> dict:
     """Weights resident on the GPU in each phase (activations come on top; measured peaks are reported)."""
     gemma = sum(p.stat().st_size for p in text_encoder.glob("*.safetensors"))
@@ -203,7 +193,7 @@ class LtxGenerator:
         job, channel = self.job, self.channel
         self.device, self.dtype = device_and_dtype()
         checkpoint, header, text_encoder_dir, ic_lora, self.downscale, distilled = check_models(job, self.job_dir)
-        self.fps = check_canvas(job_path(self.job_dir, job.reference))
+        self.fps = probe(job_path(self.job_dir, job.reference)).fps  # the canvas was checked by the runner
         configs = component_configs(header)
         self.plan = memory_plan(header, text_encoder_dir, job.low_vram)
         plan = self.plan

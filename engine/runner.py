@@ -23,7 +23,8 @@ import numpy as np
 from blender_equi360.errors import Equi360Error, IncompatibleJob
 from blender_equi360.job import LOCK_FILE, LOG_FILE, Job, check_job_folder, job_path, load_job
 from blender_equi360.protocol import EXIT_CODES
-from blender_equi360.video import LosslessVideoWriter, atomic_outputs, read_frames
+from blender_equi360.projection import CanvasSize
+from blender_equi360.video import LosslessVideoWriter, atomic_outputs, probe, read_frames
 from blender_equi360.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
 
 from . import draft, ltx
@@ -96,6 +97,19 @@ def conditioning_frames(previous_file: Path, previous: TimeWindow, window: TimeW
     return np.stack(list(itertools.islice(read_frames(previous_file, start=offset), window.overlap)))
 
 
+def check_inputs(job_dir: Path, job: Job) -> None:
+    """The reference and its mask belong together, on a canvas the model takes, before any work."""
+    reference, mask = probe(job_path(job_dir, job.reference)), probe(job_path(job_dir, job.mask))
+    try:
+        CanvasSize(reference.width, reference.height)
+    except Equi360Error as err:
+        raise EngineError("bad_input", f"{reference.path}: {err}: rebuild the reference") from None
+    if (mask.width, mask.height) != (reference.width, reference.height):
+        raise EngineError("bad_input", f"the mask {mask.path.name} is {mask.width}x{mask.height} but the reference "
+                                       f"{reference.path.name} is {reference.width}x{reference.height}: name the "
+                                       "mask built with this reference")
+
+
 def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Channel):
     """Make every window the manifest does not have yet; returns the manifest, all windows done."""
     reference = job_path(job_dir, job.reference)
@@ -163,6 +177,7 @@ def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
     channel.log(f"job {job_dir}: backend {backend}, preset {job.preset}")
     with job_lock(job_dir):
         remove_partials(job_dir)
+        check_inputs(job_dir, job)
         generator = draft.DraftGenerator(job_path(job_dir, job.mask), channel) if backend == "draft" \
             else ltx.LtxGenerator(job_dir, job, channel)
         try:

@@ -102,6 +102,21 @@ def test_the_engine_refuses_a_bad_job_with_its_code_and_touches_nothing(tmp_path
     assert rc == EXIT_CODES["bad_job"] and "8K" in events[-1]["message"] and "Traceback" not in err
 
 
+def test_a_mask_of_another_reference_is_bad_input_not_a_crash(tmp_path, inputs):
+    job_dir = job_folder(tmp_path / "job", inputs)
+    build_reference(inputs / "clip.mp4", job_dir / "other.mkv", job_dir / "other_mask.mkv",
+                    ReferenceSettings(camera=Camera(100), size=CanvasSize(256, 128), frames=9))
+    (job_dir / "job.json").write_text(json.dumps({**GOOD, "mask": "other_mask.mkv"}))
+    rc, events, err = engine(job_dir)
+    assert rc == EXIT_CODES["bad_input"] and "256x128" in events[-1]["message"] and "Traceback" not in err
+
+
+def test_a_batch_with_an_engine_python_that_does_not_exist_says_so(tmp_path, inputs):
+    job_dir = job_folder(tmp_path / "job", inputs)
+    made = cli("batch", job_dir, "--python", tmp_path / "no" / "python")
+    assert made.returncode == 3 and "could not start the engine" in made.stderr and "write" not in made.stderr
+
+
 # --- the engine writes only inside its job folder ----------------------------------------------------------
 
 def test_a_symlinked_windows_folder_is_refused_and_what_it_points_to_is_left_alone(tmp_path, inputs):

@@ -344,7 +344,7 @@ def test_a_reference_the_model_cannot_take_is_bad_input(tmp_path, reference, mod
     (job_dir / "reference.mkv").write_bytes(clip.read_bytes())
     with pytest.raises(EngineError) as info:
         Captured(monkeypatch).run(job_dir)
-    assert info.value.code == "bad_input" and "multiple of 32" in str(info.value)
+    assert info.value.code == "bad_input" and "multiples of 32" in str(info.value)
 
 
 def test_cuda_out_of_memory_says_what_to_do(tmp_path, reference, models, monkeypatch):

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from blender_equi360.errors import Equi360Error
 from blender_equi360.engine_process import EngineProcess
 from blender_equi360.protocol import EXIT_CODES
 
@@ -116,7 +117,7 @@ def alive(pid: int) -> bool:
 
 
 def test_a_python_that_does_not_exist_is_a_clear_error(tmp_path):
-    with pytest.raises(OSError, match="could not start the engine with '/no/such/python'"):
+    with pytest.raises(Equi360Error, match="could not start the engine with '/no/such/python'"):
         EngineProcess("/no/such/python", tmp_path, cwd=tmp_path)
 
 
