@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .configs import component_configs
-from .convert import COMPONENTS, split_checkpoint
+from .convert import split_checkpoint
 from .protocol_io import EngineError
 from .weights import Header
 
@@ -83,7 +83,6 @@ def silent_audio_vae(config: dict, device: str):
     """An audio VAE for a checkpoint without one. The pipeline only needs the audio latents' shape and
     statistics from it: the audio starts from noise drawn in the normalised space and is never decoded, so
     identity statistics leave the video exactly as the real ones would. Its weights are left uninitialised."""
-    import torch
     from accelerate import init_empty_weights
 
     with init_empty_weights():

@@ -8,12 +8,11 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.errors import Equi360Error
-from blender_equi360.job import Job, check_job_folder, load_job
+from blender_equi360.job import Job, check_job_folder
 from blender_equi360.protocol import EXIT_CODES, parse_event
 from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 

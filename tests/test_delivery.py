@@ -7,7 +7,6 @@ import math
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 
 import av
 import numpy as np

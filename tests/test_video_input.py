@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.errors import Equi360Error
 from blender_equi360.video import probe, read_frames
 from conftest import smooth_texture
 
