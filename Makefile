@@ -24,7 +24,7 @@ demo: $(INSTALLED)
 	@mkdir -p out/demo
 	$(PY) -m blender_equi360 reference samples/build/city_flat.mp4 -o out/demo/city_reference.mkv \
 		--mask out/demo/city_mask.mkv --hfov 100
-	$(PY) -c "from blender_equi360.job import Job, save_job; save_job('out/demo', Job(reference='city_reference.mkv', \
+	$(PY) -c "from blender_equi360.jobs.job import Job, save_job; save_job('out/demo', Job.from_fields(reference='city_reference.mkv', \
 		mask='city_mask.mkv', output='city_360_draft.mp4', backend='draft'))"
 	$(PY) -m engine run out/demo > out/demo/events.jsonl
 	$(PY) -m blender_equi360 preview out/demo/city_360_draft.mp4 -o out/demo/city_preview.png
@@ -37,7 +37,7 @@ demo-ltx: $(INSTALLED)
 	@mkdir -p out/demo-ltx
 	$(PY) -m blender_equi360 reference samples/build/city_flat.mp4 -o out/demo-ltx/reference.mkv \
 		--mask out/demo-ltx/mask.mkv --hfov 100 --size 256x128 --frames 17 -q
-	$(PY) -c "from blender_equi360.job import Job, ModelFiles, save_job; save_job('out/demo-ltx', Job( \
+	$(PY) -c "from blender_equi360.jobs.job import Job, ModelFiles, save_job; save_job('out/demo-ltx', Job( \
 		reference='reference.mkv', mask='mask.mkv', backend='ltx', steps=4, delivery_size='512x256', models=ModelFiles( \
 		checkpoint='../tiny-models/ltx-2.3-tiny.safetensors', text_encoder='../tiny-models/gemma-3-tiny', \
 		ic_lora='../tiny-models/ic-lora-tiny.safetensors')))"

@@ -21,13 +21,13 @@ memory of the denoise and decode phases. End-to-end estimates = before-first-ste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import importlib.metadata
 import json
 import platform
 import re
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blender_equi360.job import Job  # noqa: E402
+from blender_equi360.jobs.job import Job  # noqa: E402
 from engine import ltx, tiny  # noqa: E402
 from engine.configs import LTX23_CONFIGS  # noqa: E402
 from engine.models import LOADED, component_class  # noqa: E402
@@ -78,7 +78,7 @@ def measure(pipe, preset: str, size: dict, device: str, dtype) -> dict:
     then TIMED_STEPS), the decode, and the peaks."""
     import torch
 
-    rec = ltx.recipe(Job(reference="r", mask="m", preset=preset), pipe.transformer.config.num_layers)
+    rec = ltx.recipe(Job.from_fields(reference="r", mask="m", preset=preset), pipe.transformer.config.num_layers)
     steps = 1 + TIMED_STEPS
     caption = pipe.connectors.config.caption_channels * pipe.connectors.config.text_proj_in_factor
     embeds = torch.randn(1, ltx.MAX_SEQUENCE_LENGTH, caption, device=device, dtype=dtype)

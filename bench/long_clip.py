@@ -86,13 +86,13 @@ def engine_worker(clip: str) -> None:
     import shutil
 
     from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-    from blender_equi360.job import Job, save_job
+    from blender_equi360.jobs.job import Job, save_job
     job_dir = OUT / (Path(clip).stem + "_job")
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir()
     build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
                     ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=None))
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="1024x512"))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="1024x512"))
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, capture_output=True,
                          text=True)
@@ -100,7 +100,7 @@ def engine_worker(clip: str) -> None:
     done = json.loads(run.stdout.strip().splitlines()[-1])
     assert done["event"] == "done", done
     windows = len(json.loads((job_dir / "windows.json").read_text())["windows"])
-    from blender_equi360.video import probe
+    from blender_equi360.media.video import probe
     print(json.dumps({"frames": probe(done["outputs"]["video"]).frame_count, "windows": windows,
                       "seconds": seconds, "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
                       "window_bytes": sum(p.stat().st_size for p in (job_dir / "windows").iterdir())}))

@@ -30,16 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference  # noqa: E402
-from blender_equi360 import delivery as delivery_module  # noqa: E402
-from blender_equi360.delivery import DeliverySettings  # noqa: E402
-from blender_equi360.finish import finish  # noqa: E402
-from blender_equi360.reference import load_placement  # noqa: E402
-from blender_equi360.video import LosslessVideoWriter  # noqa: E402
-from blender_equi360.video import resize  # noqa: E402
-from blender_equi360.job import Job, ModelFiles, save_job  # noqa: E402
-from blender_equi360.metrics import psnr  # noqa: E402
-from blender_equi360.score import format_report, score  # noqa: E402
-from blender_equi360.video import read_frames  # noqa: E402
+from blender_equi360.jobs.delivery_settings import DeliverySettings  # noqa: E402
+from blender_equi360.jobs.job import Job, ModelFiles, save_job  # noqa: E402
+from blender_equi360.media.video import (
+    LosslessVideoWriter,  # noqa: E402
+    read_frames,  # noqa: E402
+    resize,  # noqa: E402
+)
+from blender_equi360.quality.metrics import psnr  # noqa: E402
+from blender_equi360.quality.score import format_report, score  # noqa: E402
+from blender_equi360.stages import delivery as delivery_module  # noqa: E402
+from blender_equi360.stages.finish import finish  # noqa: E402
+from blender_equi360.stages.reference import load_placement  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "quality"
 DOC = ROOT / "docs" / "QUALITY.md"
@@ -59,7 +61,7 @@ def run_job(name: str, clip: Path, hfov: float, backend: str, models: dict | Non
     job_dir.mkdir(parents=True, exist_ok=True)
     if not (job_dir / "reference.json").exists():
         build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv", ReferenceSettings(camera=Camera(hfov)))
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend=backend, delivery_size=DELIVERY,
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend=backend, delivery_size=DELIVERY,
                           models=ModelFiles(**(models or {}))))
     run = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, capture_output=True,
                          text=True)
@@ -109,7 +111,7 @@ def plate_case(flat: str, delivery: str) -> dict:
     job_dir.mkdir(parents=True, exist_ok=True)
     build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
                     ReferenceSettings(camera=Camera(100), frames=1 + 8 * ((PLATE_FRAMES + 6) // 8)))
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size=delivery))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size=delivery))
     placement = load_placement(job_dir / "reference.mkv")
     mask = next(read_frames(job_dir / "mask.mkv", "gray"))
     generated = list(read_frames(job_dir / "reference.mkv"))[:PLATE_FRAMES]

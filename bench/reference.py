@@ -166,10 +166,11 @@ def measure_decode(source: str, repeats: int) -> dict:
 
 def _plate_setup(source: str, canvas: tuple[int, int]):
     """What build_reference derives before its frame loop: picture, plate window, prefiltered size."""
-    from blender_equi360.camera import Camera
-    from blender_equi360.projection import CanvasSize, Window, prefiltered_plate_size
-    from blender_equi360.reference import plate_crop
-    from blender_equi360.video import detect_picture, probe
+    from blender_equi360.geometry.camera import Camera
+    from blender_equi360.geometry.projection import Window, prefiltered_plate_size
+    from blender_equi360.jobs.canvas import CanvasSize
+    from blender_equi360.media.video import detect_picture, probe
+    from blender_equi360.stages.reference import plate_crop
 
     info = probe(source)
     picture = detect_picture(info)
@@ -185,8 +186,8 @@ def measure_stages(source: str, canvas: tuple[int, int], passes: int = 3) -> dic
 
     The frames are decoded up front so no decoder thread competes with the timed calls. The filter
     graph is the one ``decode_plates`` builds (its private factory, called as it calls it)."""
-    from blender_equi360 import video
-    from blender_equi360.projection import PlateMapping
+    from blender_equi360.geometry.projection import PlateMapping
+    from blender_equi360.media import video
 
     camera, window, size, crop, plate_size = _plate_setup(source, canvas)
     t0 = perf_counter()
@@ -228,8 +229,9 @@ class StageClock:
         return timed
 
     def instrument(self, stack: ExitStack) -> None:
-        from blender_equi360 import reference, video
-        from blender_equi360.projection import PlateMapping
+        from blender_equi360.geometry.projection import PlateMapping
+        from blender_equi360.media import video
+        from blender_equi360.stages import reference
 
         clock = self
 
@@ -266,9 +268,9 @@ class StageClock:
 
 def measure_build(source: str, canvas: tuple[int, int], codec: str, frames: int | None) -> dict:
     """One whole build_reference run in this fresh process: wall time, stage split, peak RSS."""
-    from blender_equi360.camera import Camera
-    from blender_equi360.projection import CanvasSize
-    from blender_equi360.reference import ReferenceSettings, build_reference
+    from blender_equi360.geometry.camera import Camera
+    from blender_equi360.jobs.canvas import CanvasSize
+    from blender_equi360.stages.reference import ReferenceSettings, build_reference
 
     baseline_rss = rss_now_bytes()  # after every import the run needs
     settings = ReferenceSettings(camera=Camera(hfov_deg=HFOV_DEG), size=CanvasSize(*canvas), frames=frames,
@@ -294,8 +296,8 @@ def full_frame_geometry(canvas: tuple[int, int]):
     """The builder's mapping evaluated on every canvas pixel, for the full-resolution frame: the grid in
     grid_sample's normalised coordinates (align_corners=True: ±1 are the first/last pixel centres) and
     the footprint. Same camera model (pixel centre → direction → pinhole), built from public pieces."""
-    from blender_equi360.camera import Camera
-    from blender_equi360.projection import lonlat_to_direction, pixel_to_lonlat
+    from blender_equi360.geometry.camera import Camera
+    from blender_equi360.geometry.projection import lonlat_to_direction, pixel_to_lonlat
 
     width, height = canvas
     camera = Camera(hfov_deg=HFOV_DEG)
@@ -330,7 +332,7 @@ def measure_full_frame(source: str, canvas: tuple[int, int], batch: int, calls: 
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     import torch
 
-    from blender_equi360.projection import PlateMapping
+    from blender_equi360.geometry.projection import PlateMapping
 
     torch.set_num_threads(2)
     grid, inside = full_frame_geometry(canvas)
@@ -451,7 +453,7 @@ def log(text: str) -> None:
 
 
 def environment() -> dict:
-    from blender_equi360 import video
+    from blender_equi360.media import video
 
     with open("/proc/cpuinfo") as f:
         cpu = re.search(r"model name\s*:\s*(.+)", f.read())

@@ -7,11 +7,11 @@ import json
 import sys
 import time
 
-from .camera import Camera
-from .errors import Equi360Error
-from .projection import CanvasSize
-from .reference import CROPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
-from .video import CODECS, DEFAULT_CODEC
+from .geometry.camera import Camera
+from .jobs.canvas import CanvasSize
+from .jobs.errors import Equi360Error
+from .media.video import CODECS, DEFAULT_CODEC
+from .stages.reference import CROPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
 
 EXIT_USAGE = 2  # argparse's own code for bad arguments
 EXIT_BAD_INPUT = 3
@@ -132,14 +132,14 @@ def _reference(args) -> int:
 
 
 def _score(args) -> int:
-    from .score import format_report, score
+    from .quality.score import format_report, score
     report = score(args.output, args.source, args.job)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def _batch(args) -> int:
-    from .batch import run_batch
+    from .jobs.batch import run_batch
     outcomes = run_batch(args.job_dirs, args.python, log=lambda line: print(line, flush=True))
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
@@ -150,7 +150,7 @@ def _batch(args) -> int:
 
 
 def _preview(args) -> int:
-    from .preview import preview_sheet
+    from .quality.preview import preview_sheet
     print(f"wrote {preview_sheet(args.video, args.output, args.frame, args.job, args.view_size)}")
     return 0
 

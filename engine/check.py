@@ -9,8 +9,8 @@ import platform
 from dataclasses import fields
 from pathlib import Path
 
-from blender_equi360.errors import Equi360Error
-from blender_equi360.job import ModelFiles, job_path, load_job
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.jobs.job import ModelFiles, job_path, load_job
 
 from .protocol_io import EngineError
 from .weights import check_checkpoint, check_lora, check_text_encoder

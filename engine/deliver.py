@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from blender_equi360.finish import finish
-from blender_equi360.job import Job, job_path, output_path
-from blender_equi360.reference import Placement, load_placement, sidecar_path
-from blender_equi360.video import read_frames
+from blender_equi360.jobs.job import Job, job_path, output_path
+from blender_equi360.media.video import read_frames
+from blender_equi360.stages.finish import finish
+from blender_equi360.stages.reference import Placement, load_placement, sidecar_path
 
 from .protocol_io import Channel, EngineError
 
@@ -38,5 +38,5 @@ def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None
     def progress(k, total):
         channel.progress("finish", k, total, started)
         channel.check_cancel()
-    return finish(frames, placement.source, placement, read_frames(reference), mask, out, job.delivery_canvas,
+    return finish(frames, placement.source, placement, read_frames(reference), mask, out, job.delivery.canvas,
                   placement.frame_rate, title=title, progress=progress, settings=job.delivery)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from blender_equi360.video import read_frames
+from blender_equi360.media.video import read_frames
 
 DRAFT_TITLE = "Equi360 DRAFT: classical fill, no model"
 

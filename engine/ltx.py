@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blender_equi360.job import Job, job_path
-from blender_equi360.video import probe
+from blender_equi360.jobs.job import Job, job_path
+from blender_equi360.media.video import probe
 
 from . import official, seam
 from .configs import component_configs

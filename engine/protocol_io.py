@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from blender_equi360.protocol import EXIT_CODES, event_line
+from blender_equi360.jobs.protocol import EXIT_CODES, event_line
 
 
 class EngineError(Exception):

@@ -2,7 +2,7 @@
 """``python -m engine run JOB_DIR``: read the job, pick a backend, make the clip window by window, deliver
 it, report events.
 
-A clip longer than one model window is made in overlapping windows (:mod:`blender_equi360.windows`),
+A clip longer than one model window is made in overlapping windows (:mod:`blender_equi360.jobs.windows`),
 each written to the job folder as soon as it is done, so a job that dies halfway continues where it
 stopped when it is run again. A backend is a *generator*: ``prepare()`` once (load the models), then
 ``generate(window, reference_frames, condition, seed)`` per window, returning the window's frames.
@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from blender_equi360.errors import Equi360Error, IncompatibleJob
-from blender_equi360.job import LOCK_FILE, LOG_FILE, Job, check_job_folder, job_path, load_job
-from blender_equi360.protocol import EXIT_CODES
-from blender_equi360.projection import CanvasSize
-from blender_equi360.video import LosslessVideoWriter, atomic_outputs, probe, read_frames
-from blender_equi360.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
+from blender_equi360.jobs.atomic import atomic_outputs
+from blender_equi360.jobs.canvas import CanvasSize
+from blender_equi360.jobs.errors import Equi360Error, IncompatibleJob
+from blender_equi360.jobs.job import LOCK_FILE, LOG_FILE, Job, check_job_folder, job_path, load_job
+from blender_equi360.jobs.protocol import EXIT_CODES
+from blender_equi360.jobs.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
+from blender_equi360.media.video import LosslessVideoWriter, probe, read_frames
+from blender_equi360.stages.join import joined_video
 
 from . import draft, ltx
 from .deliver import deliver, placement_with_source
@@ -60,11 +62,10 @@ def choose_backend(job: Job, channel: Channel) -> str:
 
 
 def generation_inputs(job_dir: Path, job: Job, backend: str) -> dict:
-    """Everything a window's frames depend on: a finished window is reused only while these stay the same
-    (the delivery settings, such as the output name or size, are not among them)."""
-    settings = {name: getattr(job, name) for name in ("preset", "prompt", "negative_prompt", "seed", "steps",
-                                                       "lora_strength", "low_vram", "window_frames",
-                                                       "window_overlap")}
+    """Everything a window's frames depend on (the job's generation fields, the backend, the input files):
+    a finished window is reused only while these stay the same (the delivery settings, such as the output
+    name or size, are not among them)."""
+    settings = {name: getattr(job, name) for name in Job.generation_fields()}
     models = {name: _file_identity(job_path(job_dir, path)) if path else None
               for name, path in asdict(job.models).items()} if backend == "ltx" else None
     return {**settings, "backend": backend, "models": models,
@@ -184,7 +185,7 @@ def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
             manifest = make_windows(job_dir, job, backend, generator, channel)
         finally:
             generator.close()
-        out = deliver(job_dir, job, manifest.video(), channel, generator.title)
+        out = deliver(job_dir, job, joined_video(manifest), channel, generator.title)
     return {"outputs": {"video": str(out)}, **generator.report(), "backend": backend, "draft": backend == "draft"}
 
 

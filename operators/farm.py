@@ -7,7 +7,8 @@ from pathlib import Path
 
 import bpy
 
-from ..blender_equi360 import Equi360Error, flamenco
+from ..blender_equi360 import Equi360Error
+from ..blender_equi360.farm import flamenco
 from .compat import sequencer_scene as scene_of
 from .ops import prepare_job, strips_to_convert
 from .preferences import preferences

@@ -11,12 +11,14 @@ from pathlib import Path
 import bpy
 
 from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
-from ..blender_equi360.engine_process import EngineProcess
-from ..blender_equi360.preview import preview_sheet
-from ..blender_equi360.video import probe
-from ..blender_equi360.job import Job, ModelFiles, delivered_path, load_job, save_job
-from ..blender_equi360.reference import load_placement, round_up_frame_count
-from ..blender_equi360.windows import MANIFEST_FILE
+from ..blender_equi360.jobs.engine_process import EngineProcess
+from ..blender_equi360.jobs.job import (PREFERENCE_FIELDS, Job, delivered_path, job_from_preferences, load_job,
+                                         save_job)
+from ..blender_equi360.jobs.timing import round_up_frame_count
+from ..blender_equi360.jobs.windows import MANIFEST_FILE
+from ..blender_equi360.media.video import probe
+from ..blender_equi360.quality.preview import preview_sheet
+from ..blender_equi360.stages.reference import load_placement
 from . import compat, scene_read, world
 from .compat import sequencer_scene as scene_of  # 5.0: the Sequencer may edit another scene
 from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
@@ -65,15 +67,9 @@ def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
     # The whole shown span at the file's own rate: the 360° video gets the strip's frames and timing
     # (the engine makes a longer span in windows).
     shown = max(source.timeline_frames, 1)
-    models = ModelFiles(**{name: bpy.path.abspath(getattr(prefs, name)) or None
-                           for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")})
-    job = Job(reference="reference.mkv", mask="mask.mkv", backend=prefs.backend, preset=prefs.preset,
-              low_vram=prefs.low_vram, models=models, delivery_size=prefs.delivery_size, output_frames=shown,
-              window_frames=prefs.window_frames, window_overlap=prefs.window_overlap,
-              delivery_codec=prefs.delivery_codec, delivery_crf=None if prefs.delivery_crf < 0 else prefs.delivery_crf,
-              delivery_pixel_format=prefs.delivery_pixel_format, spherical_metadata=prefs.spherical_metadata,
-              suffix_360=prefs.suffix_360, audio=prefs.audio, passes=None if prefs.passes == "none" else prefs.passes,
-              pass_alpha=prefs.pass_alpha)  # checked before any work
+    models = {name: bpy.path.abspath(getattr(prefs, name)) or None
+              for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")}
+    job = job_from_preferences({name: getattr(prefs, name) for name in PREFERENCE_FIELDS}, models, shown)
     settings = ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),
                                  fps=source.fps, start_s=source.start_s)
     root = root or _job_root(prefs)

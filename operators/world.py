@@ -10,8 +10,8 @@ import os
 import bpy
 
 from ..blender_equi360 import Equi360Error
-from ..blender_equi360.delivery import image_sequence
-from ..blender_equi360.video import probe
+from ..blender_equi360.media.images import image_sequence
+from ..blender_equi360.media.video import probe
 from . import compat
 
 NODE_PREFIX = "Equi360 "  # our world nodes, so that loading again replaces them instead of piling up

@@ -8,7 +8,7 @@ Writes, into an output folder:
   for the first ``pano_frames`` frames of the same animation;
 * ``city.json``: the camera and the render parameters.
 
-The camera angles follow the project's conventions (:mod:`blender_equi360.camera`), so building the
+The camera angles follow the project's conventions (:mod:`blender_equi360.geometry.camera`), so building the
 reference from the flat clip with the same angles must land every pixel where the panorama has it.
 
 Usage::
@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from blender_equi360.camera import Camera, canvas_to_blender  # noqa: E402
-from blender_equi360.errors import Equi360Error  # noqa: E402
-from blender_equi360.video import LosslessVideoWriter, PlaybackVideoWriter  # noqa: E402
+from blender_equi360.geometry.camera import Camera, canvas_to_blender  # noqa: E402
+from blender_equi360.jobs.errors import Equi360Error  # noqa: E402
+from blender_equi360.media.video import LosslessVideoWriter, PlaybackVideoWriter  # noqa: E402
 
 SCENE_VERSION = 2  # bump when the scene changes, so cached outputs are rendered again
 FLAT_NAME, PANO_NAME, META_NAME = "city_flat.mp4", "city_pano.mkv", "city.json"

@@ -11,7 +11,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, smooth_texture, write_clip
 
 PRELUDE = """
@@ -148,7 +147,7 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
     assert result["strips"][1][:2] in ([3, 10], (3, 10)) and result["strips"][1][3] == video
     assert result["strips"][1][4] == result["strips"][0][4] == CLIP_FRAMES  # as long as the source strip
     assert result["status_text"].startswith("DRAFT done")
-    from blender_equi360.spherical import read_spherical
+    from blender_equi360.media.mp4_spherical import read_spherical
     assert read_spherical(video).projection == "equirectangular"  # the delivery is marked 360° by default
     assert result["pass_source"] == "SEQUENCE" and result["pass_duration"] == CLIP_FRAMES
     assert result["pass_strip"] == [4, CLIP_FRAMES, CLIP_FRAMES]
@@ -177,7 +176,8 @@ def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, c
     """)
     import av
     import numpy as np
-    from blender_equi360.metrics import mean_abs_error
+
+    from blender_equi360.quality.metrics import mean_abs_error
     rendered = np.asarray(av.open(str(tmp_path / "view.png")).decode(video=0).__next__().to_ndarray(format="rgb24"))
     with av.open(str(clip)) as container:
         first = next(container.decode(video=0)).to_image().resize((239, 100))
@@ -243,8 +243,9 @@ def test_a_camera_that_turns_over_the_strip_is_read_at_the_strips_first_frame_wi
 
 def test_blender_and_the_core_see_a_portrait_phone_clip_the_same_way(tmp_path):
     """Stored sideways with a 90° display matrix: Blender shows it upright, and so does the core."""
-    from blender_equi360.video import probe
     from test_video_input import write_lossless
+
+    from blender_equi360.media.video import probe
     frames = [np.rot90(smooth_texture(144, 256, k), -1) for k in range(3)]
     phone = write_lossless(tmp_path / "phone.mp4", frames, rotation=90)
     result = blender(tmp_path, body=f"""
@@ -356,7 +357,7 @@ def test_a_long_strip_is_converted_whole_at_its_own_frame_rate(tmp_path):
     assert (job["output_frames"], job["window_frames"], job["window_overlap"]) == (33, 25, 9)
     windows = json.loads(open(os.path.join(job_dir, "windows.json")).read())["windows"]
     assert [w["state"] for w in windows] == ["done"] * 2
-    from blender_equi360.video import probe
+    from blender_equi360.media.video import probe
     info = probe(os.path.join(job_dir, "result.mp4"))
     assert (info.frame_count, info.fps) == (33, 30)
     assert [list(s) for s in result["strips"]] == [[2, 33], [3, 33]]

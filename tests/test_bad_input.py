@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.errors import Equi360Error
-from blender_equi360.job import Job, check_job_folder
-from blender_equi360.protocol import EXIT_CODES, parse_event
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.jobs.job import Job, check_job_folder
+from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,8 @@ def test_a_truncated_mp4_is_read_as_far_as_it_goes_and_says_so(tmp_path, inputs)
 
 def test_a_still_image_is_not_a_video(tmp_path):
     import av
-    from blender_equi360.video import encode_image
+
+    from blender_equi360.media.video import encode_image
     still = tmp_path / "still.png"
     encode_image(still, "png", av.VideoFrame.from_ndarray(smooth_texture(64, 32), format="rgb24"))
     made = cli("reference", still, "-o", tmp_path / "ref.mkv", "-q")

@@ -15,13 +15,13 @@ import sys
 
 import numpy as np
 import pytest
-
-from blender_equi360.camera import Camera
-from blender_equi360.metrics import mean_abs_error
-from blender_equi360.projection import CanvasSize
-from blender_equi360.reference import ReferenceSettings, build_reference
-from blender_equi360.video import read_frames
 from conftest import ROOT, copy_job_inputs
+
+from blender_equi360.geometry.camera import Camera
+from blender_equi360.jobs.canvas import CanvasSize
+from blender_equi360.media.video import read_frames
+from blender_equi360.quality.metrics import mean_abs_error
+from blender_equi360.stages.reference import ReferenceSettings, build_reference
 
 CAMERA = Camera(hfov_deg=100.0, yaw_deg=30.0, pitch_deg=8.0, roll_deg=5.0)
 CANVAS = CanvasSize(1024, 512)
@@ -105,16 +105,17 @@ def test_the_engine_meets_the_quality_goals_on_the_rendered_city(oracle, backend
     """The whole engine (draft, and the real LTX pipeline on the tiny models) on the rendered city: the
     delivered plate is the source's at ≥ 40 dB, the draft is seamless, and its fill is closer to the true
     panorama than a black sky and ground would be."""
-    from blender_equi360.job import Job, ModelFiles, save_job
-    from blender_equi360.score import score
-    from blender_equi360.video import resize
     from test_engine_ltx import CPU, run_engine
+
+    from blender_equi360.jobs.job import Job, ModelFiles, save_job
+    from blender_equi360.media.video import resize
+    from blender_equi360.quality.score import score
     copy_job_inputs(oracle["dir"], tmp_path, mask="reference_mask.mkv")
-    save_job(tmp_path, Job(reference="reference.mkv", mask="reference_mask.mkv", backend=backend, steps=2,
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="reference_mask.mkv", backend=backend, steps=2,
                            delivery_size="2048x1024", models=ModelFiles(**models)))
     rc, events, err = run_engine(tmp_path, env=CPU)
     assert rc == 0, err
-    from blender_equi360.video import probe
+    from blender_equi360.media.video import probe
     assert probe(tmp_path / "result.mp4").frame_count == FRAMES  # the clip's frames, not the padded 9
     report = score(tmp_path / "result.mp4", oracle["dir"] / "city_flat.mp4", tmp_path)
     assert report["plate"]["psnr_db_mean"] >= 40 and report["plate"]["psnr_db_min"] >= 40, report["plate"]

@@ -11,20 +11,39 @@ import sys
 import av
 import numpy as np
 import pytest
+from conftest import ROOT, copy_job_inputs, smooth_texture
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.delivery import (DeliverySettings, read_exr, read_png16, srgb_to_linear, write_exr,
-                                      write_png16)
-from blender_equi360.errors import Equi360Error
-from blender_equi360.job import Job, save_job
-from blender_equi360.protocol import parse_event
-from blender_equi360.spherical import inject_spherical, read_spherical
-from blender_equi360.video import PlaybackVideoWriter, probe, read_frames
-from conftest import ROOT, copy_job_inputs, smooth_texture
+from blender_equi360.jobs.delivery_settings import DeliverySettings
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.jobs.job import Job, save_job
+from blender_equi360.jobs.protocol import parse_event
+from blender_equi360.media.images import srgb_to_linear, write_exr, write_png16
+from blender_equi360.media.mp4_spherical import inject_spherical, read_spherical
+from blender_equi360.media.video import PlaybackVideoWriter, probe, read_frames
 
 FPS, FRAMES = 25, 50
 BEEP_S = 1.2       # where the source's sound starts, in the source
 START_S = 0.4      # where the conversion starts in the source
+
+
+def read_exr(path) -> np.ndarray:
+    """An EXR written by :func:`blender_equi360.media.images.write_exr`, back as float32 (H, W, 3 or 4) RGB(A)."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    dtype = np.float16 if "f16" in frame.format.name else np.float32
+    planes = [np.frombuffer(p, dtype).reshape(frame.height, -1)[:, :frame.width] for p in frame.planes]
+    order = [2, 0, 1] + ([3] if len(planes) == 4 else [])
+    return np.stack([planes[i] for i in order], axis=-1).astype(np.float32)
+
+
+def read_png16(path) -> np.ndarray:
+    """A PNG back as float32 (H, W, C) in 0..1."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    deep = frame.format.name in ("rgb48be", "rgba64be", "gray16be")
+    values = frame.to_ndarray()
+    return values.astype(np.float32) / (65535.0 if deep else 255.0)
 
 
 def ffmpeg() -> str:
@@ -90,10 +109,11 @@ def test_a_file_that_is_not_an_mp4_is_refused_and_left_alone(tmp_path):
 # --- codecs ---------------------------------------------------------------------------------------------
 
 def test_h264_up_to_what_hardware_decoders_take_and_hevc_above():
-    auto = DeliverySettings()
-    assert auto.codec_for(CanvasSize(3840, 1920)) == auto.codec_for(CanvasSize(4096, 2048)) == "h264"
-    assert auto.codec_for(CanvasSize(5760, 2880)) == auto.codec_for(CanvasSize(7680, 3840)) == "hevc"
-    assert DeliverySettings(codec="hevc").codec_for(CanvasSize(1920, 960)) == "hevc"
+    def codec(size, **settings):
+        return DeliverySettings(size=size, **settings).codec_name()
+    assert codec("3840x1920") == codec("4096x2048") == "h264"
+    assert codec("5760x2880") == codec("7680x3840") == "hevc"
+    assert codec("1920x960", codec="hevc") == "hevc"
     with pytest.raises(Equi360Error, match="pixel format"):
         DeliverySettings(pixel_format="yuv444p")
 
@@ -149,7 +169,7 @@ def sound_reference(tmp_path_factory):
 
 def run_draft(job_dir, reference, **fields):
     copy_job_inputs(reference, job_dir)
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="256x128",
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="256x128",
                           **fields))
     run = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
@@ -232,16 +252,17 @@ def test_exr_and_png16_round_trips_keep_values_and_alpha(tmp_path):
 
 
 def test_a_failed_delivery_leaves_no_video_and_no_passes(tmp_path, sound_reference, monkeypatch):
-    from blender_equi360 import delivery as delivery_module
+    from blender_equi360.stages import delivery as delivery_module
     job_dir = tmp_path / "job"
     copy_job_inputs(sound_reference, job_dir)
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="256x128",
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="256x128",
                           passes="exr"))
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device", str(job_dir / "result.mp4"))
     monkeypatch.setattr(delivery_module, "inject_spherical", broken)
     import io
+
     from engine import runner
     from engine.protocol_io import Channel
     out = io.StringIO()

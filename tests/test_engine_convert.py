@@ -4,8 +4,14 @@ in the original Lightricks layout converts back and loads strictly, every weight
 import pytest
 import torch
 
-from engine.convert import (TRANSFORMER_PREFIX, connector_key_to_checkpoint, connectors_state_dict,
-                            transformer_key_to_checkpoint, transformer_key_to_diffusers, transformer_state_dict)
+from engine.convert import (
+    TRANSFORMER_PREFIX,
+    connector_key_to_checkpoint,
+    connectors_state_dict,
+    transformer_key_to_checkpoint,
+    transformer_key_to_diffusers,
+    transformer_state_dict,
+)
 from engine.tiny import configs
 
 TRANSFORMER, CONNECTORS = configs()["transformer"], configs()["connectors"]

@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.job import Job, ModelFiles, save_job
-from blender_equi360.protocol import EXIT_CODES, parse_event
-from blender_equi360.video import probe
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from blender_equi360.jobs.job import Job, ModelFiles, save_job
+from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
+from blender_equi360.media.video import probe
 from engine import ltx, runner, tiny
 from engine.configs import LTX23_CONFIGS
 from engine.models import LOADED, component_class, load_components
@@ -42,7 +42,7 @@ def reference(tmp_path_factory):
 def make_job(folder, reference, models, **fields):
     copy_job_inputs(reference, folder)
     fields = {"backend": "ltx", "steps": 2, "delivery_size": "256x128", **fields}
-    save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models), **fields))
+    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models), **fields))
     return folder
 
 
@@ -67,7 +67,7 @@ class Captured:
         monkeypatch.setattr(ltx, "decode", decode)
 
     def run(self, job_dir):
-        from blender_equi360.job import load_job
+        from blender_equi360.jobs.job import load_job
         out = io.StringIO()
         result = runner.run_job(job_dir, load_job(job_dir), "ltx", Channel(out=out))
         return result, [parse_event(line) for line in out.getvalue().splitlines()]
@@ -128,9 +128,11 @@ def test_the_real_checkpoint_layout_converts_onto_every_full_size_component():
     modules built on the meta device from the LTX-2.3 config) lands on exactly one parameter of the
     full-size diffusers components the engine loads, and every parameter gets one."""
     import gzip
+
     from accelerate import init_empty_weights
-    from engine.convert import split_checkpoint
+
     from engine.configs import component_configs
+    from engine.convert import split_checkpoint
     from engine.weights import Header
     original = json.loads(gzip.decompress((ROOT / "tests/data/ltx23_original_keys.json.gz").read_bytes()))
     header = Header(tuple(original), {}, {})
@@ -154,7 +156,7 @@ def test_the_real_checkpoint_layout_converts_onto_every_full_size_component():
 # --- recipes -----------------------------------------------------------------------------------------------
 
 def test_quality_uses_lightricks_fixed_shift_schedule_and_official_guidance():
-    rec = ltx.recipe(Job(reference="r", mask="m"), num_layers=48)
+    rec = ltx.recipe(Job.from_fields(reference="r", mask="m"), num_layers=48)
     assert np.allclose(rec.sigmas, OFFICIAL_30, atol=6e-5)
     assert rec.guidance["guidance_scale"] == 3 and rec.guidance["stg_scale"] == 1
     assert rec.guidance["spatio_temporal_guidance_blocks"] == [28] and rec.guidance["guidance_rescale"] == 0.7
@@ -162,7 +164,7 @@ def test_quality_uses_lightricks_fixed_shift_schedule_and_official_guidance():
 
 
 def test_fast_turns_every_guidance_term_off_for_video_and_audio():
-    rec = ltx.recipe(Job(reference="r", mask="m", preset="fast"), num_layers=48)
+    rec = ltx.recipe(Job.from_fields(reference="r", mask="m", preset="fast"), num_layers=48)
     assert rec.sigmas == ltx.DISTILLED_SIGMAS and len(rec.sigmas) == 8 and rec.distilled
     g = rec.guidance
     assert g["guidance_scale"] == g["audio_guidance_scale"] == 1 and g["modality_scale"] == g["audio_modality_scale"] == 1

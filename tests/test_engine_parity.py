@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import load_file
 
-from blender_equi360.job import Job
-from conftest import ROOT
+from blender_equi360.jobs.job import Job
 from engine import ltx, official
 from engine.configs import component_configs
 from engine.models import load_components
@@ -87,7 +87,7 @@ def run(pipe, golden, monkeypatch, preset: str, continuation: bool, downscale: i
     """The engine's denoise on the golden inputs, starting from the golden noise."""
     s, inputs = golden["settings"]["settings"], golden["inputs"]
     quality_steps = len(golden["settings"]["guidance"]["quality"]["sigmas"]) - 1
-    rec = ltx.recipe(Job(reference="r", mask="m", preset=preset, steps=quality_steps),
+    rec = ltx.recipe(Job.from_fields(reference="r", mask="m", preset=preset, steps=quality_steps),
                      pipe.transformer.config.num_layers)
     if steps:
         rec = dataclasses.replace(rec, sigmas=rec.sigmas[:steps])
@@ -212,6 +212,7 @@ def test_the_released_config_at_full_size_reads_as_the_built_in_ltx23_configs():
     it must read as the configs the engine falls back to (read off the real file's tensor names)."""
     import gzip
     import inspect
+
     from engine.configs import LTX23_CONFIGS, from_metadata, vae_depths
     from engine.models import component_class
     config = json.loads(check_checkpoint(GOLDEN / "checkpoint.safetensors").metadata["config"])

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from blender_equi360.errors import Equi360Error
-from blender_equi360.engine_process import EngineProcess
-from blender_equi360.protocol import EXIT_CODES
+from blender_equi360.jobs.engine_process import EngineProcess
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.jobs.protocol import EXIT_CODES
 
 
 def fake_engine(tmp_path, body: str):
@@ -128,7 +128,7 @@ def test_an_engine_does_not_outlive_the_process_that_started_it(tmp_path):
     folder = fake_engine(tmp_path, "emit('log', message='up'); time.sleep(600)")
     script = textwrap.dedent(f"""
         import sys, time
-        from blender_equi360.engine_process import EngineProcess
+        from blender_equi360.jobs.engine_process import EngineProcess
         process = EngineProcess(sys.executable, {str(tmp_path)!r}, cwd={str(folder)!r})
         while not process.poll():
             time.sleep(0.02)

@@ -9,13 +9,13 @@ import sys
 import av
 import numpy as np
 import pytest
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, Equi360Error, ReferenceSettings, build_reference
-from blender_equi360.job import Job, ModelFiles, load_job, output_path, save_job
-from blender_equi360.metrics import mean_abs_error
-from blender_equi360.protocol import EXIT_CODES, parse_event
-from blender_equi360.video import probe, read_frames
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from blender_equi360.jobs.job import Job, ModelFiles, load_job, output_path, save_job
+from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
+from blender_equi360.media.video import probe, read_frames
+from blender_equi360.quality.metrics import mean_abs_error
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def reference(tmp_path_factory):
 @pytest.fixture
 def job_dir(tmp_path, reference):
     copy_job_inputs(reference, tmp_path)
-    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
     return tmp_path
 
 
@@ -105,11 +105,11 @@ def test_every_failure_has_its_code_and_exit_status(job_dir, case, code):
     elif case == "no_folder":
         target = job_dir / "nope"
     elif case == "outside":
-        save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", output="../escape.mp4", backend="draft"))
+        save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", output="../escape.mp4", backend="draft"))
     elif case == "missing_reference":
-        save_job(job_dir, Job(reference="gone.mkv", mask="mask.mkv", backend="draft"))
+        save_job(job_dir, Job.from_fields(reference="gone.mkv", mask="mask.mkv", backend="draft"))
     elif case == "ltx_without_cuda":
-        save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="ltx"))
+        save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="ltx"))
     rc, events, err = finish(engine("run", target), timeout=60)
     assert rc == EXIT_CODES[code], err
     assert events[-1] == {"event": "error", "code": code, "message": events[-1]["message"]}
@@ -118,7 +118,7 @@ def test_every_failure_has_its_code_and_exit_status(job_dir, case, code):
 
 
 def test_the_delivery_keeps_the_span_asked_for(job_dir):
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
                           output_frames=20))
     rc, events, err = finish(engine("run", job_dir))
     assert rc == 0, err
@@ -126,7 +126,7 @@ def test_the_delivery_keeps_the_span_asked_for(job_dir):
 
 
 def test_auto_falls_back_to_the_draft_with_a_warning(job_dir):
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv", backend="auto", delivery_size="512x256"))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="auto", delivery_size="512x256"))
     rc, events, err = finish(engine("run", job_dir))
     assert rc == 0, err
     warnings = [e for e in events if e["event"] == "warning"]
@@ -135,7 +135,7 @@ def test_auto_falls_back_to_the_draft_with_a_warning(job_dir):
 
 
 def test_check_reports_what_is_missing(job_dir):
-    save_job(job_dir, Job(reference="reference.mkv", mask="mask.mkv",
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv",
                           models=ModelFiles(checkpoint="ltx-2.3-22b-dev.safetensors")))
     plain = subprocess.run([sys.executable, "-m", "engine", "check"], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
@@ -151,7 +151,7 @@ def test_check_reports_what_is_missing(job_dir):
 
 
 def test_job_json_round_trips_and_rejects_bad_fields(tmp_path):
-    job = Job(reference="r.mkv", mask="m.mkv", preset="fast", seed=7, prompt="city at dusk",
+    job = Job.from_fields(reference="r.mkv", mask="m.mkv", preset="fast", seed=7, prompt="city at dusk",
               models=ModelFiles(checkpoint="/models/ltx.safetensors"))
     save_job(tmp_path, job)
     assert load_job(tmp_path) == job and job.full_prompt == "equirectangular, city at dusk"
@@ -163,4 +163,4 @@ def test_job_json_round_trips_and_rejects_bad_fields(tmp_path):
         with pytest.raises(Equi360Error, match=message):
             Job.from_dict(bad)
     with pytest.raises(Equi360Error, match="inside the job folder"):
-        output_path(tmp_path, Job(reference="r", mask="m", output="/tmp/x.mp4"))
+        output_path(tmp_path, Job.from_fields(reference="r", mask="m", output="/tmp/x.mp4"))

@@ -4,9 +4,9 @@ wrapped decode sees across the edge."""
 
 import torch
 from diffusers import LTX2InContextPipeline
+from test_engine_ltx import Captured, make_job, reference  # noqa: F401  (fixtures)
 
 from engine import seam, tiny
-from test_engine_ltx import Captured, make_job, reference  # noqa: F401  (fixtures)
 
 
 def test_rolling_tokens_rolls_the_grid_of_target_and_reference():

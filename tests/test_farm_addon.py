@@ -94,5 +94,5 @@ def test_the_job_type_script_ships_in_the_extension(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (zip_path,) = out.glob("equi360-*.zip")
     names = zipfile.ZipFile(zip_path).namelist()
-    assert "blender_equi360/farm/equi360.js" in names and "blender_equi360/flamenco.py" in names
+    assert "blender_equi360/farm/equi360.js" in names and "blender_equi360/farm/flamenco.py" in names
     assert "operators/farm.py" in names

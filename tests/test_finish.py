@@ -5,14 +5,14 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.finish import Tone, finish, fit_tone, plate_alpha
-from blender_equi360.job import Job, save_job
-from blender_equi360.reference import load_placement
-from blender_equi360.score import score
-from blender_equi360.video import probe, read_frames
-from conftest import smooth_texture, write_clip
+from blender_equi360.jobs.job import Job, save_job
+from blender_equi360.media.video import probe, read_frames
+from blender_equi360.quality.score import score
+from blender_equi360.stages.finish import Tone, finish, fit_tone, plate_alpha
+from blender_equi360.stages.reference import load_placement
 
 
 def test_the_tone_fit_recovers_gain_and_offset_over_the_whole_clip():
@@ -50,11 +50,10 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
            Fraction(24))
     info = probe(out)
     assert (info.width, info.height, info.frame_count) == (1024, 512, 9)
-    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv"))
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv"))
     delivered = score(out, clip, tmp_path)["plate"]
     # The same frames only upscaled, without the plate laid back from the source:
-    from blender_equi360.video import resize
-    from blender_equi360.video import PlaybackVideoWriter
+    from blender_equi360.media.video import PlaybackVideoWriter, resize
     writer = PlaybackVideoWriter(tmp_path / "upscaled.mp4", 1024, 512, Fraction(24))
     for frame in generated:
         writer.write(resize(frame, 1024, 512))
@@ -65,7 +64,7 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
 
 
 def test_drift_away_from_the_plate_is_removed_band_by_band():
-    from blender_equi360.finish import DRIFT_GRID, _gain_image, fit_drift
+    from blender_equi360.stages.finish import DRIFT_GRID, _gain_image, fit_drift
     height, width = 128, 256
     known = np.zeros((height, width), bool)
     known[48:80, 96:160] = True

@@ -16,13 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from blender_equi360 import flamenco
-from blender_equi360.errors import Equi360Error
-from blender_equi360.job import Job, save_job
-from blender_equi360.protocol import EXIT_CODES, parse_event
 from conftest import ROOT, copy_job_inputs
 from test_engine_protocol import reference  # noqa: F401  (fixture)
+
+from blender_equi360.farm import flamenco
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.jobs.job import Job, save_job
+from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 
 SCRIPT = ROOT / "blender_equi360" / "farm" / "equi360.js"
 HARNESS = Path(__file__).with_name("flamenco_harness.js")
@@ -128,7 +128,7 @@ def run_as_worker(task: dict, cwd: Path, **variables) -> subprocess.CompletedPro
 
 def test_the_command_runs_the_engine_on_the_shot_from_any_folder(tmp_path, reference):  # noqa: F811
     shot = copy_job_inputs(reference, tmp_path / "farm" / "shot_01")
-    save_job(shot, Job(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
+    save_job(shot, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
     (task, missing) = compile_job({"job_root": "{farm}", "shots": "shot_01\nmissing"})["tasks"]
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()
@@ -224,7 +224,7 @@ def shots(tmp_path):
     for name in ("city_01", "harbour_02"):
         folder = tmp_path / "farm" / "equi360" / name
         folder.mkdir(parents=True)
-        save_job(folder, Job(reference="reference.mkv", mask="mask.mkv"))
+        save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv"))
         folders.append(folder)
     return folders
 
@@ -260,7 +260,7 @@ def test_a_url_without_scheme_a_worker_tag_by_name_and_settings_overrides(manage
 def test_folders_in_different_parents_share_their_common_root(tmp_path):
     for name in ("a/shot", "b/c/shot"):
         (tmp_path / name).mkdir(parents=True)
-        save_job(tmp_path / name, Job(reference="r.mkv", mask="m.mkv"))
+        save_job(tmp_path / name, Job.from_fields(reference="r.mkv", mask="m.mkv"))
     assert flamenco.job_settings([tmp_path / "a/shot", tmp_path / "b/c/shot"]) == {
         "job_root": str(tmp_path), "shots": "a/shot\nb/c/shot"}
 

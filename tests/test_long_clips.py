@@ -15,16 +15,17 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.job import Job, ModelFiles, load_job, save_job
-from blender_equi360.protocol import EXIT_CODES, parse_event
-from blender_equi360.score import score
-from blender_equi360.sphere_metrics import FrameChanges, boundary_jump
-from blender_equi360.video import probe, read_frames
-from blender_equi360.errors import Equi360Error
-from blender_equi360.windows import MANIFEST_FILE, TimeWindow, assemble, check_window_settings, plan_windows
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.jobs.job import Job, ModelFiles, load_job, save_job
+from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
+from blender_equi360.jobs.windows import MANIFEST_FILE, TimeWindow, check_window_settings, plan_windows
+from blender_equi360.media.video import probe, read_frames
+from blender_equi360.quality.score import score
+from blender_equi360.quality.sphere_metrics import FrameChanges, boundary_jump
+from blender_equi360.stages.join import assemble
 from engine import ltx, runner
 from engine.protocol_io import Channel
 
@@ -44,7 +45,7 @@ def long_reference(tmp_path_factory):
 
 def draft_job(folder, reference, **fields):
     copy_job_inputs(reference, folder)
-    save_job(folder, Job(reference="reference.mkv", mask="mask.mkv",
+    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv",
                          **{"backend": "draft", "delivery_size": "256x128", **WINDOW, **fields}))
     return folder
 
@@ -164,7 +165,7 @@ def test_a_finished_job_run_again_only_delivers_and_a_changed_one_starts_over(st
     rc, events, _ = run_engine(job_dir)
     assert rc == 0 and not [e for e in events if e["event"] == "progress" and e["stage"] == "draft"]
     assert {p.name: p.stat().st_mtime_ns for p in (job_dir / "windows").iterdir()} == made
-    save_job(job_dir, Job(**{**load_job(job_dir).to_dict(), "models": ModelFiles(), "seed": 1, "window_overlap": 17,
+    save_job(job_dir, Job.from_fields(**{**load_job(job_dir).to_dict(), "models": ModelFiles(), "seed": 1, "window_overlap": 17,
                              "window_frames": 41}))
     rc, events, _ = run_engine(job_dir)
     assert rc == 0 and any("starting over" in e.get("message", "") for e in events)
@@ -246,7 +247,7 @@ def test_a_job_another_engine_is_running_is_refused(long_reference, tmp_path):
 
 def ltx_job(folder, reference, models, **fields):
     copy_job_inputs(reference, folder)
-    save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models),
+    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models),
                          **{"backend": "ltx", "steps": 2, "delivery_size": "256x128", **WINDOW, **fields}))
     return folder
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from blender_equi360 import Camera, CanvasSize
-from blender_equi360.plate import PlateSampler
-from blender_equi360.projection import PlateMapping, Window, equirect_to_perspective
+from blender_equi360.geometry.projection import PlateMapping, Window, equirect_to_perspective
+from blender_equi360.stages.plate import PlateSampler
 
 
 def grating(width, height, period):

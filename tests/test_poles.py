@@ -2,11 +2,11 @@
 panorama keeps its caps, and nothing outside the caps changes."""
 
 import numpy as np
-
-from blender_equi360.poles import PoleRepair
-from blender_equi360.projection import CanvasSize
-from blender_equi360.sphere_metrics import cap_discontinuity, pole_spread
 from test_sphere_metrics import periodic_panorama
+
+from blender_equi360.geometry.poles import PoleRepair
+from blender_equi360.jobs.canvas import CanvasSize
+from blender_equi360.quality.sphere_metrics import cap_discontinuity, pole_spread
 
 
 def smeared(pano: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:

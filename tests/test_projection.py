@@ -5,15 +5,22 @@ import math
 import av
 import numpy as np
 import pytest
-
-from blender_equi360.camera import Camera
-from blender_equi360.errors import Equi360Error
-from blender_equi360 import projection
-from blender_equi360.metrics import psnr
-from blender_equi360.projection import (CanvasSize, PlateMapping, Window, equirect_to_perspective,
-                                        lonlat_to_pixel, pixel_to_lonlat, prefiltered_plate_size)
-from blender_equi360.video import PREFILTER
 from conftest import smooth_texture
+
+from blender_equi360.geometry import projection
+from blender_equi360.geometry.camera import Camera
+from blender_equi360.geometry.projection import (
+    PlateMapping,
+    Window,
+    equirect_to_perspective,
+    lonlat_to_pixel,
+    pixel_to_lonlat,
+    prefiltered_plate_size,
+)
+from blender_equi360.jobs.canvas import CanvasSize
+from blender_equi360.jobs.errors import Equi360Error
+from blender_equi360.media.video import PREFILTER
+from blender_equi360.quality.metrics import psnr
 
 SIZE = CanvasSize(1920, 960)
 

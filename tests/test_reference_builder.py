@@ -9,12 +9,12 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from conftest import ROOT, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, Equi360Error, ReferenceSettings, build_reference
-from blender_equi360.metrics import mean_abs_error
-from blender_equi360.projection import PlateMapping, Window
-from blender_equi360.video import picture_box_from_samples, probe, read_frames
-from conftest import ROOT, smooth_texture, write_clip
+from blender_equi360.geometry.projection import PlateMapping, Window
+from blender_equi360.media.video import picture_box_from_samples, probe, read_frames
+from blender_equi360.quality.metrics import mean_abs_error
 
 SMALL = CanvasSize(512, 256)
 

@@ -8,12 +8,12 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from conftest import ROOT, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.job import Job, save_job
-from blender_equi360.score import score
-from blender_equi360.video import LosslessVideoWriter, read_frames
-from conftest import ROOT, smooth_texture, write_clip
+from blender_equi360.jobs.job import Job, save_job
+from blender_equi360.media.video import LosslessVideoWriter, read_frames
+from blender_equi360.quality.score import score
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def job(tmp_path_factory):
     clip = write_clip(folder / "clip.mp4", 9, 320, 134, 24, lambda k: smooth_texture(320, 134, k / 5))
     build_reference(clip, folder / "reference.mkv", folder / "mask.mkv",
                     ReferenceSettings(camera=Camera(100, pitch_deg=5), size=CanvasSize(512, 256), frames=9))
-    save_job(folder, Job(reference="reference.mkv", mask="mask.mkv", backend="draft"))
+    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft"))
     return folder, clip
 
 
@@ -64,7 +64,7 @@ def test_the_command_prints_text_or_json_and_refuses_what_it_cannot_score(job, t
     assert "plate round trip" in text.stdout and "seam ratio" in text.stdout
     (tmp_path / "reference.mkv").write_bytes((folder / "reference.mkv").read_bytes())
     (tmp_path / "mask.mkv").write_bytes((folder / "mask.mkv").read_bytes())
-    save_job(tmp_path, Job(reference="reference.mkv", mask="mask.mkv"))
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv"))
     run = subprocess.run([sys.executable, "-m", "blender_equi360", "score", str(tmp_path / "reference.mkv"),
                           "--source", str(clip), "--job", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ..media.images import luma
+
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0, where: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio in dB between two images of the same shape (optionally inside a mask)."""
@@ -39,12 +41,6 @@ def ssim_map(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> np.ndarray:
     var_y = _gaussian(y * y) - mu_y ** 2
     cov = _gaussian(x * y) - mu_x * mu_y
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-
-
-def luma(image: np.ndarray) -> np.ndarray:
-    """Rec. 709 luma as float32; a 2-D array is taken as luma already."""
-    f = np.asarray(image, dtype=np.float32)
-    return f @ np.array([0.2126, 0.7152, 0.0722], np.float32) if f.ndim == 3 else f
 
 
 def _gaussian(image: np.ndarray, sigma: float = 1.5, radius: int = 5) -> np.ndarray:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-from .errors import Equi360Error
+from ..jobs.errors import Equi360Error
 
 SPHERICAL_UUID = uuid.UUID("ffcc8263-f855-4a93-8814-587a02521fdd").bytes
 GSPHERICAL_NS = "http://ns.google.com/videos/1.0/spherical/"

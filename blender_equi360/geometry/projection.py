@@ -15,43 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..jobs.canvas import CanvasSize
+from ..jobs.errors import Equi360Error
 from .camera import Camera
-from .errors import Equi360Error
 
 _ROW_BLOCK = 64  # canvas rows per block while building a mapping: bounds its memory
 _LANE_MASK = np.uint64(0x00FF00FF00FF00FF)
 _COLOUR_LANES = np.uint64(0x000000FF00FF00FF)  # the three colour lanes; the 4th (alpha) cleared
 _LANE_HALF = np.uint64(0x0080008000800080)  # +0.5 in every lane after a ×256 weight: rounds, not truncates
 _EIGHT = np.uint64(8)
-
-
-@dataclass(frozen=True)
-class CanvasSize:
-    width: int = 1920
-    height: int = 960
-
-    def __post_init__(self):
-        if self.width <= 0 or self.height <= 0 or self.width % 32 or self.height % 32:
-            raise Equi360Error(
-                f"canvas size {self.width}x{self.height} is not usable: width and height must be positive "
-                "multiples of 32 (e.g. 1920x960, 2560x1280, 4096x2048)"
-            )
-        if self.width != 2 * self.height:
-            raise Equi360Error(
-                f"canvas size {self.width}x{self.height} is not 2:1: an equirect canvas is twice as wide as "
-                "it is high (e.g. 1920x960)"
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> "CanvasSize":
-        try:
-            w, h = (int(part) for part in text.lower().split("x"))
-        except ValueError:
-            raise Equi360Error(f"canvas size {text!r} is not WIDTHxHEIGHT, e.g. 1920x960") from None
-        return cls(w, h)
-
-    def __str__(self):
-        return f"{self.width}x{self.height}"
 
 
 @dataclass(frozen=True)

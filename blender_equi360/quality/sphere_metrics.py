@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import luma as to_luma
+from ..media.images import luma as to_luma
 
 POLE_CAP_DEG = 15.0      # the caps measured by the pole metrics
 LATITUDE_BANDS = 6       # tone drift: bands of 30°

@@ -13,11 +13,24 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from .camera import Camera
-from .errors import Equi360Error
-from .projection import CanvasSize, PlateMapping, Window, prefiltered_plate_size
-from .video import (CODECS, DEFAULT_CODEC, LosslessVideoWriter, PictureBox, SourceInfo, atomic_outputs,
-                    decode_plates, describe_orientation, detect_picture, probe, write_held_image)
+from ..geometry.camera import Camera
+from ..geometry.projection import PlateMapping, Window, prefiltered_plate_size
+from ..jobs.atomic import atomic_outputs, write_json_atomically
+from ..jobs.canvas import CanvasSize
+from ..jobs.errors import Equi360Error
+from ..jobs.timing import frame_rate, round_up_frame_count, valid_frame_count
+from ..media.video import (
+    CODECS,
+    DEFAULT_CODEC,
+    LosslessVideoWriter,
+    PictureBox,
+    SourceInfo,
+    decode_plates,
+    describe_orientation,
+    detect_picture,
+    probe,
+    write_held_image,
+)
 
 TARGET_ASPECT = 2.39  # the model's sweet spot
 MAX_CANVAS = CanvasSize(4096, 2048)  # the model's canvas: already 4.6× the tokens of 1920×960 per frame
@@ -25,15 +38,6 @@ CROPS = ("center", "top", "bottom", "none")
 SWEET_SPOT_HFOV = (80.0, 120.0)
 DEFAULT_FRAMES = 121
 MODEL_FPS = 24.0  # what the model is trained at; other rates work, with the timing kept
-
-
-def valid_frame_count(n: int) -> bool:
-    """LTX-2 video latents hold 1 + 8k frames."""
-    return n >= 1 and (n - 1) % 8 == 0
-
-
-def round_up_frame_count(n: int) -> int:
-    return 1 + 8 * -(-(max(n, 1) - 1) // 8)
 
 
 @dataclass(frozen=True)
@@ -210,24 +214,10 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     return result
 
 
-def frame_rate(fps: float) -> Fraction:
-    """A frame rate in frames per second as the exact fraction the videos carry (23.976 → 24000/1001)."""
-    return Fraction(fps).limit_denominator(1001)
-
-
 def sidecar_path(video: Path) -> Path:
     """Where the reference's placement is recorded (camera, picture box, window, plate size, timing),
     so that its output can be scored against the source later: ``reference.json`` next to ``reference.mkv``."""
     return Path(video).with_suffix(".json")
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

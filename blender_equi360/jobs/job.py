@@ -2,7 +2,8 @@
 
 A job folder holds ``job.json``, the inputs it names (usually the reference and its mask), and
 everything the engine writes (the result, ``engine.log``). Relative paths are relative to the job
-folder; the output must be inside it.
+folder; the output must be inside it. The file is flat; its delivery fields are declared in
+:mod:`.delivery_settings`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .delivery import DeliverySettings
+from .atomic import write_json_atomically
+from .delivery_settings import DeliverySettings
 from .errors import Equi360Error, IncompatibleJob
-from .projection import CanvasSize
 from .windows import MANIFEST_FILE, OVERLAP_FRAMES, WINDOW_FRAMES, WINDOWS_DIR, check_window_settings
 
 JOB_FILE = "job.json"
@@ -30,7 +31,6 @@ PRESETS = ("quality", "fast")
 TRIGGER_WORD = "equirectangular"
 MAX_PROMPT = 2000      # characters; Gemma reads up to 1024 tokens
 MAX_SEED = 2**32 - 1   # each window adds its index; torch takes up to 2**64 - 1
-MAX_DELIVERY = CanvasSize(8192, 4096)
 
 
 @dataclass(frozen=True)
@@ -44,33 +44,30 @@ class ModelFiles:
         return all((self.checkpoint, self.text_encoder, self.ic_lora))
 
 
+def _made_from(default, **kwargs):
+    """A field a window's frames depend on: a finished window is reused only while these stay the same
+    (the engine's fingerprint of a job is made of exactly these, the backend, and the input files)."""
+    return field(default=default, metadata={"generation": True}, **kwargs)
+
+
 @dataclass(frozen=True)
 class Job:
     reference: str
     mask: str
     output: str = "result.mp4"
     backend: str = "auto"
-    preset: str = "quality"
-    low_vram: bool = False
+    preset: str = _made_from("quality")
+    low_vram: bool = _made_from(False)
     models: ModelFiles = field(default_factory=ModelFiles)
-    prompt: str = ""                    # appended to the trigger word
-    negative_prompt: str | None = None  # None: the model's default
-    seed: int = 0
-    steps: int | None = None            # None: the preset's
-    lora_strength: float = 1.0
-    delivery_size: str = "3840x1920"    # the delivered canvas; the plate is projected again at its density
+    prompt: str = _made_from("")                    # appended to the trigger word
+    negative_prompt: str | None = _made_from(None)  # None: the model's default
+    seed: int = _made_from(0)
+    steps: int | None = _made_from(None)            # None: the preset's
+    lora_strength: float = _made_from(1.0)
     output_frames: int | None = None    # frames delivered (the shown span); None: every frame from the clip
-    window_frames: int = WINDOW_FRAMES  # a longer clip is made in overlapping windows of this many frames
-    window_overlap: int = OVERLAP_FRAMES
-    # The delivery (blender_equi360/delivery.py): codec auto = H.264 up to 4096×2048, HEVC above.
-    delivery_codec: str = "auto"
-    delivery_crf: int | None = None
-    delivery_pixel_format: str = "yuv420p"
-    spherical_metadata: bool = True     # V1 + V2 360° metadata in the MP4
-    suffix_360: bool = False            # result.mp4 → result_360.mp4
-    audio: bool = True                  # the source's sound, in sync
-    passes: str | None = None           # "exr" | "png16": an image sequence for compositing as well
-    pass_alpha: str = "alpha"           # the generated region as alpha, or a "separate" mask sequence
+    window_frames: int = _made_from(WINDOW_FRAMES)  # a longer clip is made in overlapping windows of this many
+    window_overlap: int = _made_from(OVERLAP_FRAMES)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)  # flat in job.json
     version: int = VERSION
 
     def __post_init__(self):
@@ -82,6 +79,7 @@ class Job:
         _check(Path(self.output).suffix.lower() == ".mp4", f"output {self.output!r} must end in .mp4: the delivery "
                                                            "is an MP4 (e.g. result.mp4)")
         _check(isinstance(self.models, ModelFiles), "models must be an object")
+        _check(isinstance(self.delivery, DeliverySettings), "delivery must be DeliverySettings")
         _check(self.backend in BACKENDS, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         _check(self.preset in PRESETS, f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
         _check(isinstance(self.low_vram, bool), "low_vram must be true or false")
@@ -95,43 +93,29 @@ class Job:
                "steps must be a whole number from 1 to 200 (or null)")
         _check(_number(self.lora_strength) and 0.0 <= self.lora_strength <= 2.0,
                "lora_strength must be a number from 0 to 2")
-        _check(isinstance(self.delivery_size, str), "delivery_size must be text like 3840x1920")
         _check(self.output_frames is None or (_whole(self.output_frames) and self.output_frames >= 1),
                "output_frames must be a positive whole number (or null for all)")
-        try:
-            check_delivery_canvas(self.delivery_canvas)
-        except Equi360Error as err:
-            raise Equi360Error(f"{JOB_FILE}: delivery_size: {err}") from None
-        for name in ("spherical_metadata", "suffix_360", "audio"):
-            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         _check(_whole(self.window_frames) and _whole(self.window_overlap), "window_frames and window_overlap must "
                                                                            "be whole numbers")
-        _check(self.delivery_crf is None or _whole(self.delivery_crf), "delivery_crf must be a whole number from 0 "
-                                                                       "to 51 (or null)")
         try:
             check_window_settings(self.window_frames, self.window_overlap)
-            self.delivery
         except Equi360Error as err:
             raise Equi360Error(f"{JOB_FILE}: {err}") from None
-
-    @property
-    def delivery_canvas(self) -> CanvasSize:
-        return CanvasSize.parse(self.delivery_size)
-
-    @property
-    def delivery(self) -> DeliverySettings:
-        return DeliverySettings(self.delivery_codec, self.delivery_crf, self.delivery_pixel_format,
-                                self.spherical_metadata, self.suffix_360, self.audio, self.passes, self.pass_alpha)
 
     @property
     def full_prompt(self) -> str:
         return f"{TRIGGER_WORD}, {self.prompt}" if self.prompt.strip() else TRIGGER_WORD
 
     @classmethod
+    def generation_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.metadata.get("generation"))
+
+    @classmethod
     def from_dict(cls, data: dict) -> "Job":
         _check(isinstance(data, dict), "the top level must be a JSON object")
         _check_version(data.get("version", VERSION))  # first: another version may have other fields
-        known = {f.name for f in fields(cls)}
+        delivery_names = DeliverySettings.job_names()
+        known = {f.name for f in fields(cls)} - {"delivery"} | set(delivery_names)
         unknown = sorted(set(data) - known)
         _check(not unknown, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         missing = sorted(n for n in ("reference", "mask") if n not in data)
@@ -143,10 +127,44 @@ class Job:
         for name, path in models.items():
             _check(path is None or (isinstance(path, str) and path.strip() and "\0" not in path),
                    f"models.{name} must be a file path (or null)")
-        return cls(**{**data, "models": ModelFiles(**models)})
+        rest = {k: v for k, v in data.items() if k not in delivery_names}
+        try:
+            delivery = DeliverySettings(**{delivery_names[k]: v for k, v in data.items() if k in delivery_names})
+        except Equi360Error as err:
+            raise Equi360Error(f"{JOB_FILE}: {err}") from None
+        return cls(**{**rest, "models": ModelFiles(**models), "delivery": delivery})
+
+    @classmethod
+    def from_fields(cls, **fields) -> "Job":
+        """A job from job.json's flat fields given as keywords (``models`` may be a :class:`ModelFiles`)."""
+        models = fields.get("models")
+        if isinstance(models, ModelFiles):
+            fields["models"] = asdict(models)
+        return cls.from_dict(fields)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """job.json's content: flat, the delivery's fields under their job.json names."""
+        data = asdict(self)
+        delivery = data.pop("delivery")
+        names = {field_name: json_name for json_name, field_name in DeliverySettings.job_names().items()}
+        version = data.pop("version")
+        return {**data, **{names[k]: v for k, v in delivery.items()}, "version": version}
+
+
+# The job.json fields the add-on's preferences set (its properties carry these very names).
+PREFERENCE_FIELDS = ("backend", "preset", "low_vram", "window_frames", "window_overlap",
+                     *DeliverySettings.job_names())
+REFERENCE_NAME, MASK_NAME = "reference.mkv", "mask.mkv"  # in the job folders the add-on makes
+
+
+def job_from_preferences(preferences: dict, models: dict, output_frames: int) -> Job:
+    """The job the add-on makes for a strip: its preferences' values by job.json name (a CRF of −1 and passes
+    "none" mean unset), the model files (absolute paths or None), the strip's frame count."""
+    fields = {name: preferences[name] for name in PREFERENCE_FIELDS}
+    fields["delivery_crf"] = None if fields["delivery_crf"] < 0 else fields["delivery_crf"]
+    fields["passes"] = None if fields["passes"] == "none" else fields["passes"]
+    return Job.from_fields(reference=REFERENCE_NAME, mask=MASK_NAME, models=models, output_frames=output_frames,
+                           **fields)
 
 
 def _whole(value) -> bool:
@@ -160,34 +178,6 @@ def _number(value) -> bool:
 
 def _same_name(path: str) -> str:
     return os.path.normcase(os.path.normpath(path))
-
-
-def check_delivery_canvas(size: CanvasSize) -> None:
-    """The delivery's size is one the encoders take (HEVC level 6.2 ends at 8192×4320) and that fits in
-    this machine's memory."""
-    if size.width > MAX_DELIVERY.width:
-        raise Equi360Error(f"{size} is larger than the largest delivery, {MAX_DELIVERY} (8K): choose 7680x3840 "
-                           "or less")
-    need = delivery_memory_gb(size)
-    have = memory_gb()
-    if have is not None and need > 0.8 * have:
-        raise Equi360Error(f"{size} needs about {need:.0f} GB of memory to finish and this machine has "
-                           f"{have:.0f} GB: choose a smaller delivery")
-
-
-def delivery_memory_gb(size: CanvasSize) -> float:
-    """What the finish holds at a delivery size. Measured (peak resident memory of the draft engine, a
-    1920×804 source, 2026-12-05): 0.55 GB at 3840×1920, 1.85 GB at 7680×3840, 63 bytes a delivered pixel
-    more; with room to spare, 0.5 GB and 80 bytes a pixel."""
-    return 0.5 + 80 * size.width * size.height / 2**30
-
-
-def memory_gb() -> float | None:
-    """This machine's physical memory, or None where it cannot be read."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _check_version(version) -> None:
@@ -216,9 +206,7 @@ def load_job(job_dir) -> Job:
 def save_job(job_dir, job: Job) -> Path:
     """Write ``job.json`` atomically (temporary name, then rename)."""
     path = Path(job_dir) / JOB_FILE
-    tmp = path.with_name(f".{JOB_FILE}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(job.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomically(path, job.to_dict())
     return path
 
 

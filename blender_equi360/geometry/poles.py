@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..jobs.canvas import CanvasSize
 from .camera import Camera
-from .projection import CanvasSize, PlateMapping, Window, box_blur, equirect_to_perspective
+from .projection import PlateMapping, Window, box_blur, equirect_to_perspective
 
 CAP_DEG = 20.0          # the repaired cap reaches this far from the pole...
 BLEND_DEG = 8.0         # ...blending in over the outer part of it

@@ -13,7 +13,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .video import _stream_origin
+from .container import stream_origin
 
 RATE = 48000
 LAYOUT = "stereo"
@@ -35,7 +35,7 @@ def source_audio(path, start_s: float, duration_s: float) -> Iterator[np.ndarray
     position = 0  # output samples given so far
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
-        origin = _stream_origin(container.streams.video[0]) if container.streams.video else 0.0
+        origin = stream_origin(container.streams.video[0]) if container.streams.video else 0.0
         if start_s > 0:  # to a packet at or before the start; the samples before it are cut below
             container.seek(int(max(start_s + origin - 0.5, 0.0) / stream.time_base), stream=stream, backward=True)
         resampler = av.AudioResampler(format="fltp", layout=LAYOUT, rate=RATE)

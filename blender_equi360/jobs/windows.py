@@ -1,4 +1,5 @@
-"""Clips longer than one model window: the window plan, the job folder's manifest, and the assembly.
+"""Clips longer than one model window: the window plan and the job folder's record of it (the windows are
+joined into the clip by :mod:`blender_equi360.stages.join`).
 
 A clip of N frames is cut into overlapping windows of at most ``window`` frames (8k+1, the model's
 lengths), each starting ``window − overlap`` frames after the previous one. Each window after the first
@@ -20,13 +21,10 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-import numpy as np
-
+from .atomic import PARTIAL_GLOB, write_json_atomically
 from .errors import Equi360Error, IncompatibleJob
-from .reference import round_up_frame_count, valid_frame_count, write_json_atomically
-from .video import read_frames
+from .timing import round_up_frame_count, valid_frame_count
 
 MANIFEST_FILE = "windows.json"
 WINDOWS_DIR = "windows"
@@ -86,49 +84,6 @@ def plan_windows(total: int, window: int = WINDOW_FRAMES, overlap: int = OVERLAP
         start += window - overlap
 
 
-def crossfade_weight(j: int, overlap: int) -> float:
-    """The newer window's share of shared frame ``j`` (0-based): rising linearly, never 0 or 1."""
-    return (j + 1) / (overlap + 1)
-
-
-def assemble(windows: list[TimeWindow], frames_of: Callable[[TimeWindow], Iterable[np.ndarray]]
-             ) -> Iterator[np.ndarray]:
-    """The clip's frames, in order, from the windows' outputs, cross-faded where they overlap. Streams:
-    only the frames a window shares with the next are held until the next window is read."""
-    held: list[np.ndarray] = []
-    for k, window in enumerate(windows):
-        hand_over = windows[k + 1].start - window.start if k + 1 < len(windows) else window.frames
-        passed, new_held = 0, []
-        for j, frame in enumerate(frames_of(window)):
-            if j >= window.frames:
-                break
-            passed += 1
-            if j >= hand_over:
-                new_held.append(frame)
-                continue
-            if j < len(held):
-                w = crossfade_weight(j, len(held))
-                frame = np.clip(held[j] * (1.0 - w) + frame * w + 0.5, 0, 255).astype(np.uint8)
-            yield frame
-        if passed != window.frames:
-            raise Equi360Error(f"window {window.index} has {passed} frames instead of {window.frames}: "
-                               f"delete {WINDOWS_DIR}/{window.file_name} and run the job again")
-        held = new_held
-
-
-class AssembledVideo:
-    """The assembled clip as a re-iterable sequence (every pass reads the window files again)."""
-
-    def __init__(self, windows: list[TimeWindow], folder: Path):
-        self.windows, self.folder = windows, Path(folder)
-
-    def __len__(self) -> int:
-        return self.windows[-1].end
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return assemble(self.windows, lambda w: read_frames(self.folder / w.file_name))
-
-
 def fingerprint(settings: dict) -> str:
     """A short hash of everything a window's output depends on."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -162,8 +117,6 @@ class Manifest:
             "windows": [{**asdict(w), "file": f"{WINDOWS_DIR}/{w.file_name}",
                          "state": "done" if w.index in self.done else "pending"} for w in self.windows]})
 
-    def video(self) -> AssembledVideo:
-        return AssembledVideo(self.windows, self.folder)
 
 
 def open_manifest(job_dir, windows: list[TimeWindow], inputs: str) -> tuple[Manifest, list[str]]:
@@ -175,7 +128,6 @@ def open_manifest(job_dir, windows: list[TimeWindow], inputs: str) -> tuple[Mani
     path = Path(job_dir) / MANIFEST_FILE
     manifest, notes = Manifest(path, inputs, windows, set()), []
     manifest.folder.mkdir(exist_ok=True)
-    remove_partials(manifest.folder)
     if not path.exists():
         manifest.save()
         return manifest, notes
@@ -218,7 +170,7 @@ def remove_partials(job_dir: Path) -> None:
     for folder in (job_dir, job_dir / WINDOWS_DIR):
         if folder.is_symlink() or not folder.is_dir():
             continue
-        for leftover in folder.glob(".*.partial-*"):
+        for leftover in folder.glob(PARTIAL_GLOB):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:

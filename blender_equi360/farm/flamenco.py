@@ -18,11 +18,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePath
 
-from .errors import Equi360Error
-from .job import JOB_FILE
+from ..jobs.errors import Equi360Error
+from ..jobs.job import JOB_FILE
 
 JOB_TYPE = "equi360"  # Flamenco names a job type after its script's file name
-SCRIPT = Path(__file__).resolve().with_name("farm") / "equi360.js"
+SCRIPT = Path(__file__).resolve().with_name("equi360.js")
 TIMEOUT_S = 10.0
 _REACH = "check the manager URL in the add-on preferences and that flamenco-manager is running"
 

@@ -18,7 +18,7 @@ from .engine_process import EngineProcess
 from .errors import Equi360Error
 from .job import JOB_FILE, delivered_path, load_job
 
-ENGINE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds the ``engine`` package
+ENGINE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the ``engine`` package
 
 
 @dataclass

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import math
-import os
 import struct
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +16,9 @@ import av
 import numpy as np
 from av.video.reformatter import Interpolation
 
-from .errors import Equi360Error
+from ..jobs.errors import Equi360Error
+from .audio import AudioEncoder
+from .container import duration_s, frame_time, open_video, seek, stream_origin
 
 # Lossless codecs for the reference: H.264 in its lossless RGB mode (qp 0) is ~3x faster to encode
 # than FFV1 and far smaller, and decodes bit-exactly; FFV1 is there for archival pipelines.
@@ -108,33 +107,12 @@ class PictureBox:
     height: int
 
 
-def _open(path: Path):
-    try:
-        container = av.open(str(path))
-    except FileNotFoundError:
-        raise Equi360Error(f"{path}: no such file") from None
-    except av.error.EOFError:
-        raise Equi360Error(f"{path}: the video has no frames (the file ends before its first one)") from None
-    except (av.error.InvalidDataError, av.error.FFmpegError) as err:
-        raise Equi360Error(f"{path}: not a readable video ({err.strerror or err})") from None
-    if not container.streams.video:
-        container.close()
-        raise Equi360Error(f"{path}: has no video stream")
-    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe, …
-        container.close()
-        raise Equi360Error(f"{path}: a still image, not a video: Equi360 converts clips (make a clip of the still "
-                           "first, e.g. as an image strip in Blender's Video Sequencer rendered to a movie)")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    return container, stream
-
-
 def probe(path) -> SourceInfo:
     """What the clip is; refuses files that are missing, not video, or hold no decodable frame."""
     path = Path(path)
     if path.is_dir():
         raise Equi360Error(f"{path}: is a folder, not a video file")
-    container, stream = _open(path)
+    container, stream = open_video(path)
     with container:
         try:
             first = next(container.decode(stream), None)
@@ -145,30 +123,12 @@ def probe(path) -> SourceInfo:
         if first is None:
             raise Equi360Error(f"{path}: the video has no frames")
         fps = stream.average_rate or stream.guessed_rate or Fraction(24)
-        duration = _duration_s(container, stream)
+        duration = duration_s(container, stream)
         frames = stream.frames or max(1, round(duration * float(fps)))
         orientation = frame_orientation(first, path)
         width, height = (first.height, first.width) if any(o.startswith("transpose") for o in orientation) \
             else (first.width, first.height)
         return SourceInfo(path, width, height, Fraction(fps), duration, frames, stream.codec_context.name, orientation)
-
-
-def _duration_s(container, stream) -> float:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return 0.0
-
-
-def _frame_time(frame, stream, origin: float, index: int, fps: Fraction) -> float:
-    if frame.pts is not None and stream.time_base is not None:
-        return float(frame.pts * stream.time_base) - origin
-    return index / float(fps)
-
-
-def _stream_origin(stream) -> float:
-    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
 
 FADE_SAMPLES = 4      # frames sampled from the start of the used span, a quarter second apart
@@ -179,24 +139,24 @@ def detect_picture(info: SourceInfo, start_s: float = 0.0, span_s: float | None 
     """Find letterbox/pillarbox bars over several frames of the used span: every keyframe in it (cheap
     to decode alone) plus frames from its first second, so a fade from black can't make a single dark
     frame decide."""
-    container, stream = _open(info.path)
-    origin = _stream_origin(stream)
+    container, stream = open_video(info.path)
+    origin = stream_origin(stream)
     end_s = math.inf if span_s is None else start_s + span_s
     samples: list[np.ndarray] = []
     with container:
         stream.codec_context.skip_frame = "NONKEY"
-        _seek(container, stream, start_s)
+        seek(container, stream, start_s)
         for i, frame in enumerate(_decodable(container, stream)):
-            t = _frame_time(frame, stream, origin, i, info.fps)
+            t = frame_time(frame, stream, origin, i, info.fps)
             if t > end_s:
                 break
             if t >= start_s - 1e-3:
                 samples.append(orient(frame.to_ndarray(format="gray"), info.orientation))
         stream.codec_context.skip_frame = "DEFAULT"
-        _seek(container, stream, start_s)
+        seek(container, stream, start_s)
         next_sample_s = start_s
         for i, frame in enumerate(_decodable(container, stream)):
-            t = _frame_time(frame, stream, origin, i, info.fps)
+            t = frame_time(frame, stream, origin, i, info.fps)
             if t > end_s or next_sample_s > start_s + (FADE_SAMPLES - 0.5) * FADE_SAMPLE_STEP_S:
                 break
             if t >= next_sample_s - 0.5 / float(info.fps):
@@ -255,13 +215,6 @@ def _even_down(n: int) -> int:
     return n - (n & 1)
 
 
-def _seek(container, stream, t: float) -> None:
-    if t > 0 and stream.time_base is not None:
-        container.seek(int((t + _stream_origin(stream)) / stream.time_base), stream=stream, backward=True)
-    else:
-        container.seek(0)
-
-
 def _color_args(frame) -> str:
     """swscale assumes BT.601 for untagged video; players assume BT.709 for HD. Do what players do."""
     if frame.colorspace == _AVCOL_SPC_UNSPECIFIED:
@@ -306,14 +259,14 @@ def decode_plates(info: SourceInfo, box: PictureBox, crop: tuple[int, int, int, 
                   plate_size: tuple[int, int], fps_out: float, start_s: float, count: int | None):
     """Yield ``(k, plate, repeated)`` for each output frame: the cropped window of the picture,
     downscaled to ``plate_size`` through the prefilter and converted to BGRA by swscale in one step."""
-    container, stream = _open(info.path)
-    origin = _stream_origin(stream)
+    container, stream = open_video(info.path)
+    origin = stream_origin(stream)
     cx, cy, cw, ch = crop
     with container:
-        _seek(container, stream, start_s)
+        seek(container, stream, start_s)
         graph = None
         plate = None
-        timed = ((_frame_time(f, stream, origin, i, info.fps), f) for i, f in enumerate(container.decode(stream)))
+        timed = ((frame_time(f, stream, origin, i, info.fps), f) for i, f in enumerate(container.decode(stream)))
         k = 0
         try:
             for k, frame, repeated in resample_times(timed, fps_out, start_s, count, float(info.fps)):
@@ -424,7 +377,6 @@ class PlaybackVideoWriter(_Writer):
         context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709, so readers don't guess
         context.color_range = 1  # limited ("tv")
         self.fps, self.frames, self.pix_fmt = Fraction(fps), 0, pix_fmt
-        from .audio import AudioEncoder
         self.audio = AudioEncoder(self.container, audio) if audio is not None else None
 
     def write(self, rgb: np.ndarray) -> None:
@@ -448,6 +400,13 @@ def resize(frame: np.ndarray, width: int, height: int, interpolation: str = "LAN
         return frame
     image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24" if frame.ndim == 3 else "gray")
     return image.reformat(width=width, height=height, interpolation=interpolation).to_ndarray()
+
+
+def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A mask resized by nearest neighbour: its values stay the ones it had."""
+    rows = (np.arange(height) * image.shape[0]) // height
+    cols = (np.arange(width) * image.shape[1]) // width
+    return image[rows][:, cols]
 
 
 def encode_image(path: Path, codec: str, frame, options: dict | None = None) -> None:
@@ -491,41 +450,18 @@ def _bgr0_frame(canvas_bgra: np.ndarray):
     return frame
 
 
-@contextmanager
-def atomic_outputs(*paths: Path):
-    """Yield temporary paths next to ``paths``; rename them all into place only if the block succeeds,
-    delete them otherwise (including on Ctrl-C), so a failed run never leaves a half-written file."""
-    temps = []
-    try:
-        for p in paths:
-            p = Path(p)
-            if not p.parent.is_dir():
-                raise Equi360Error(f"{p}: the folder {p.parent} does not exist")
-            if not os.access(p.parent, os.W_OK):
-                raise PermissionError(errno.EACCES, f"the folder {p.parent} is not writable", str(p))
-            if p.is_dir():
-                raise Equi360Error(f"{p}: is a folder; name an output file")
-            temps.append(p.with_name(f".{p.name}.partial-{os.getpid()}"))
-        yield temps
-        for tmp, final in zip(temps, paths):
-            os.replace(tmp, final)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-
-
 def read_frames(path, fmt: str = "rgb24", start: int = 0) -> Iterator[np.ndarray]:
     """Decode every frame of a video from frame ``start`` on as arrays (``rgb24`` (H, W, 3) or ``gray``
     (H, W)), with the same colour conversion as the builder. A later ``start`` seeks to the keyframe
     before it instead of decoding everything up to it (a long clip's windows read from the middle)."""
-    container, stream = _open(Path(path))
+    container, stream = open_video(Path(path))
     with container:
-        fps, origin = float(stream.average_rate or stream.guessed_rate or 24), _stream_origin(stream)
+        fps, origin = float(stream.average_rate or stream.guessed_rate or 24), stream_origin(stream)
         if start:
-            _seek(container, stream, (start - 0.5) / fps)
+            seek(container, stream, (start - 0.5) / fps)
         graph = None
         for frame in container.decode(stream):
-            if start and round(_frame_time(frame, stream, origin, 0, fps) * fps) < start:
+            if start and round(frame_time(frame, stream, origin, 0, fps) * fps) < start:
                 continue  # decoded from the keyframe before ``start``
             if graph is None:
                 graph = _graph(stream, [*_orientation_filters(frame_orientation(frame, Path(path))),

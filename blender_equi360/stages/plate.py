@@ -25,11 +25,19 @@ import math
 
 import numpy as np
 
-from .camera import Camera
-from .errors import Equi360Error
-from .projection import CanvasSize, Lens, Window, bilinear_taps, catmull_rom, footprint_rows, pixel_to_lonlat, \
-    lonlat_to_direction
-from .video import resize
+from ..geometry.camera import Camera
+from ..geometry.projection import (
+    Lens,
+    Window,
+    bilinear_taps,
+    catmull_rom,
+    footprint_rows,
+    lonlat_to_direction,
+    pixel_to_lonlat,
+)
+from ..jobs.canvas import CanvasSize
+from ..jobs.errors import Equi360Error
+from ..media.video import resize
 
 ENLARGE_UP_TO, REDUCE_FROM = 1.0, 1.5  # local scale s: Catmull-Rom up to 1, 2×2 samples from 1.5, a blend between
 LEVEL_STEP = math.sqrt(2.0)             # density ratio between neighbouring pyramid levels

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import Equi360Error
+from ..jobs.errors import Equi360Error
 
 MIN_HFOV_DEG = 1.0
 MAX_HFOV_DEG = 179.0

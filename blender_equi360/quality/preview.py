@@ -13,12 +13,12 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .camera import Camera
-from .errors import Equi360Error
-from .finish import resize_nearest
-from .job import JOB_FILE, job_path, load_job
-from .projection import equirect_to_perspective
-from .video import atomic_outputs, encode_image, probe, read_frames, resize
+from ..geometry.camera import Camera
+from ..geometry.projection import equirect_to_perspective
+from ..jobs.atomic import atomic_outputs
+from ..jobs.errors import Equi360Error
+from ..jobs.job import JOB_FILE, job_path, load_job
+from ..media.video import encode_image, probe, read_frames, resize, resize_nearest
 
 VIEWS = (("FRONT", 0.0, 0.0), ("LEFT", -90.0, 0.0), ("RIGHT", 90.0, 0.0),
          ("BACK", 180.0, 0.0), ("UP", 0.0, 90.0), ("DOWN", 0.0, -90.0))  # name, yaw, pitch

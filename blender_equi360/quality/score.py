@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry.projection import perspective_to_canvas, sample_equirect_cubic
+from ..jobs.errors import Equi360Error
+from ..jobs.job import job_path, load_job
+from ..jobs.windows import plan_windows
+from ..media.images import luma
+from ..media.video import decode_plates, probe, read_frames, resize, resize_nearest
+from ..stages.reference import Placement, load_placement
 from . import sphere_metrics
-from .errors import Equi360Error
-from .finish import resize_nearest
-from .job import job_path, load_job
-from .metrics import SSIM_BORDER, luma, ssim_map
-from .projection import perspective_to_canvas, sample_equirect_cubic
-from .reference import Placement, load_placement
-from .video import decode_plates, probe, read_frames, resize
-from .windows import plan_windows
+from .metrics import SSIM_BORDER, ssim_map
 
 ERODE = 0.04  # of the plate's width, on each side: the feather band and the last bilinear pixels
 DENSITY_STEP = math.sqrt(2.0)  # the densities the plate is judged at: the source's, then √2 coarser each step

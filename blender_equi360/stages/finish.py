@@ -6,7 +6,7 @@
    farther from the plate, the more the generated tone wanders. Per latitude band, the low-frequency
    luma is fitted as a line in the angular distance from the plate; the sloped part (the drift) is divided
    out by a smooth gain field, again one for the whole clip.
-2. **Poles.** The top and bottom caps are repaired (:mod:`.poles`).
+2. **Poles.** The top and bottom caps are repaired (:mod:`..geometry.poles`).
 3. **Size.** The generated canvas is upscaled (Lanczos) to the delivery canvas, e.g. 3840×1920.
 4. **The plate stays the plate.** The plate is projected again from the source clip at the density each
    delivered pixel needs (:mod:`.plate`; never through the model's 1920×960), and laid over the
@@ -26,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import audio_for
-from .delivery import DeliverySettings, delivery
-from .metrics import luma as to_luma
-from .poles import PoleRepair
+from ..geometry.poles import PoleRepair
+from ..geometry.projection import box_blur, sample_equirect
+from ..jobs.canvas import CanvasSize
+from ..jobs.delivery_settings import DeliverySettings
+from ..media.audio import audio_for
+from ..media.images import luma as to_luma
+from ..media.video import decode_plates, probe, resize
+from .delivery import delivery
 from .plate import PlateSampler
-from .projection import CanvasSize, box_blur, sample_equirect
 from .reference import Placement
-from .video import decode_plates, probe, resize
 
 FEATHER_DEG = 0.6         # width of the plate's inward blend band, in degrees of longitude
 TONE_SAMPLE_STRIDE = 3    # pixels sampled for the tone fit, in each direction
@@ -134,13 +136,6 @@ def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
                     (rolled[:shift] if sign > 0 else rolled[-shift:])[...] = 0
                 eroded = np.minimum(eroded, rolled)
     return box_blur(eroded, radius, wrap_width=True)
-
-
-def resize_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A mask resized by nearest neighbour: its values stay the ones it had."""
-    rows = (np.arange(height) * image.shape[0]) // height
-    cols = (np.arange(width) * image.shape[1]) // width
-    return image[rows][:, cols]
 
 
 def resize_equirect(frame: np.ndarray, width: int, height: int, wrap: int = 8) -> np.ndarray:
