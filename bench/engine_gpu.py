@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blender_equi360.jobs.job import Job  # noqa: E402
-from engine import ltx, tiny  # noqa: E402
+from engine import ltx, recipes, tiny  # noqa: E402
 from engine.configs import LTX23_CONFIGS  # noqa: E402
 from engine.models import LOADED, component_class  # noqa: E402
 
@@ -78,11 +78,11 @@ def measure(pipe, preset: str, size: dict, device: str, dtype) -> dict:
     then TIMED_STEPS), the decode, and the peaks."""
     import torch
 
-    rec = ltx.recipe(Job.from_fields(reference="r", mask="m", preset=preset), pipe.transformer.config.num_layers)
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset=preset), pipe.transformer.config.num_layers)
     steps = 1 + TIMED_STEPS
     caption = pipe.connectors.config.caption_channels * pipe.connectors.config.text_proj_in_factor
-    embeds = torch.randn(1, ltx.MAX_SEQUENCE_LENGTH, caption, device=device, dtype=dtype)
-    mask = torch.ones(1, ltx.MAX_SEQUENCE_LENGTH, device=device, dtype=torch.long)
+    embeds = torch.randn(1, recipes.MAX_SEQUENCE_LENGTH, caption, device=device, dtype=dtype)
+    mask = torch.ones(1, recipes.MAX_SEQUENCE_LENGTH, device=device, dtype=torch.long)
     frames = np.random.default_rng(0).integers(0, 256, (size["frames"], size["height"], size["width"], 3), np.uint8)
     frames[:, :, : size["width"] // 4] = 0  # black, like the unknown region of a reference
     stamps = []
@@ -108,7 +108,7 @@ def measure(pipe, preset: str, size: dict, device: str, dtype) -> dict:
     ltx.decode(pipe.vae, latents, device)
     decode_s = perf_counter() - start
     decode_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    total_steps = len(rec.sigmas) if preset == "fast" else ltx.QUALITY_STEPS
+    total_steps = len(rec.sigmas) if preset == "fast" else recipes.QUALITY_STEPS
     return {"preset": preset, "step_s": step_s, "before_first_step_s": before_first, "decode_s": decode_s,
             "steps": total_steps, "end_to_end_s": before_first + total_steps * step_s + decode_s,
             "denoise_peak_gb": denoise_peak, "decode_peak_gb": decode_peak,

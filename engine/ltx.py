@@ -19,11 +19,9 @@ sigmas with every guidance term off, video and audio alike.
 from __future__ import annotations
 
 import gc
-import os
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,59 +31,16 @@ from blender_equi360.media.video import probe
 
 from . import official, seam
 from .configs import component_configs
+from .device import device_and_dtype
 from .models import LOADED, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
+from .recipes import DISTILLED_LORA_STRENGTH, MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, Recipe, recipe
 from .weights import check_checkpoint, check_lora, check_text_encoder
 
-DEVICE_ENV = "EQUI360_ENGINE_DEVICE"  # "cpu" runs the real pipeline without a GPU (tests, debugging)
-QUALITY_STEPS = 30
-DISTILLED_SIGMAS = (1.0, 0.99375, 0.9875, 0.98125, 0.975, 0.909375, 0.725, 0.421875)  # then 0
-DISTILLED_LORA_STRENGTH = 0.5
-STG_BLOCK = 28  # Lightricks' STG block of the 48-layer 2.3 transformer (the last one in a shallower test model)
-MAX_SEQUENCE_LENGTH = 1024
 LOW_VRAM_BLOCKS_PER_GROUP = 4
 # Free GPU memory under which the denoising models leave the GPU for a window's decode. A guess with room
 # to spare: the tiled decode's peak at 1920×960×121 has not been measured on a GPU yet (bench/engine_gpu.py).
 DECODE_HEADROOM_GB = 24
-# The text encoder's negative prompt for the quality recipe when the job gives none.
-NEGATIVE_PROMPT = ("blurry, out of focus, low quality, worst quality, jpeg artifacts, distorted, warped, "
-                   "visible seam, stitching line, smeared poles, watermark, text, logo")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    sigmas: tuple[float, ...]
-    guidance: dict
-    distilled: bool
-
-    @property
-    def uses_cfg(self) -> bool:
-        return self.guidance["guidance_scale"] > 1 or self.guidance["audio_guidance_scale"] > 1
-
-
-def recipe(job: Job, num_layers: int, channel: Channel | None = None) -> Recipe:
-    if job.preset == "fast":
-        if job.steps is not None and channel:
-            channel.warning("steps_ignored", f"the fast preset has a fixed {len(DISTILLED_SIGMAS)}-step "
-                                             f"distilled schedule; steps={job.steps} is ignored")
-        off = dict(guidance_scale=1.0, audio_guidance_scale=1.0, stg_scale=0.0, audio_stg_scale=0.0,
-                   modality_scale=1.0, audio_modality_scale=1.0, guidance_rescale=0.0,
-                   audio_guidance_rescale=0.0, spatio_temporal_guidance_blocks=None)
-        return Recipe(DISTILLED_SIGMAS, off, distilled=True)
-    guided = dict(guidance_scale=3.0, stg_scale=1.0, modality_scale=3.0, guidance_rescale=0.7,
-                  audio_guidance_scale=7.0, audio_stg_scale=1.0, audio_modality_scale=3.0,
-                  audio_guidance_rescale=0.7, spatio_temporal_guidance_blocks=[min(STG_BLOCK, num_layers - 1)])
-    return Recipe(official.fixed_shift_sigmas(job.steps or QUALITY_STEPS), guided, distilled=False)
-
-
-def device_and_dtype():
-    import torch
-    if os.environ.get(DEVICE_ENV) == "cpu":
-        return "cpu", torch.float32
-    if not torch.cuda.is_available():
-        raise EngineError("no_cuda", "the LTX backend needs an NVIDIA GPU with CUDA, and none is visible to "
-                                     "this Python: check the engine's torch build, or use the draft backend")
-    return "cuda", torch.bfloat16
 
 
 class _Phases:

@@ -31,20 +31,11 @@ from blender_equi360.stages.join import joined_video
 
 from . import draft, ltx
 from .deliver import deliver, placement_with_source
+from .device import has_device
 from .protocol_io import Channel, EngineError
 
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def cuda_available() -> bool:
-    if os.environ.get(ltx.DEVICE_ENV) == "cpu":
-        return True  # the real pipeline on the CPU, for tests and debugging
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def choose_backend(job: Job, channel: Channel) -> str:
@@ -53,7 +44,7 @@ def choose_backend(job: Job, channel: Channel) -> str:
         return "draft"
     if job.backend == "ltx":
         return "ltx"  # without CUDA, the LTX generator says so (no_cuda)
-    has_cuda = cuda_available()
+    has_cuda = has_device()
     if has_cuda and job.models.configured():
         return "ltx"
     why = "no CUDA GPU is visible" if not has_cuda else "the model files are not all configured"

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import bpy
 
-from ..blender_equi360 import CanvasSize, Equi360Error, ReferenceSettings, build_reference
+from ..blender_equi360 import Equi360Error, ReferenceSettings, build_reference
 from ..blender_equi360.jobs.engine_process import EngineProcess
-from ..blender_equi360.jobs.job import (PREFERENCE_FIELDS, Job, delivered_path, job_from_preferences, load_job,
-                                         save_job)
+from ..blender_equi360.jobs.job import PREFERENCE_FIELDS, Job, delivered_path, job_from_preferences, load_job, save_job
 from ..blender_equi360.jobs.timing import round_up_frame_count
 from ..blender_equi360.jobs.windows import MANIFEST_FILE
 from ..blender_equi360.media.video import probe
@@ -23,7 +22,6 @@ from . import compat, scene_read, world
 from .compat import sequencer_scene as scene_of  # 5.0: the Sequencer may edit another scene
 from .preferences import ADDON_ROOT, PACKAGE, check_engine, preferences, summarize_check
 
-CANVAS = CanvasSize(1920, 960)
 TIMER_S = 0.1
 
 
@@ -70,7 +68,7 @@ def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
     models = {name: bpy.path.abspath(getattr(prefs, name)) or None
               for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")}
     job = job_from_preferences({name: getattr(prefs, name) for name in PREFERENCE_FIELDS}, models, shown)
-    settings = ReferenceSettings(camera=pose.camera, size=CANVAS, frames=round_up_frame_count(shown),
+    settings = ReferenceSettings(camera=pose.camera, frames=round_up_frame_count(shown),
                                  fps=source.fps, start_s=source.start_s)
     root = root or _job_root(prefs)
     job_dir = _unfinished_job(root, job, Path(source.filepath), settings)

@@ -8,6 +8,9 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
+from ..blender_equi360.jobs.delivery_settings import SIZES, DeliverySettings
+from ..blender_equi360.jobs.windows import MAX_WINDOW, MIN_OVERLAP, MIN_WINDOW, OVERLAP_FRAMES, WINDOW_FRAMES
+
 ADDON_ROOT = Path(__file__).resolve().parents[1]  # the extension folder: holds engine/ and blender_equi360/
 PACKAGE = __package__.rpartition(".")[0]          # bl_ext.<repo>.equi360
 
@@ -37,21 +40,16 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         ("quality", "Quality", "Dev model, 30 guided steps"),
         ("fast", "Fast", "Distilled LoRA, 8 unguided steps")))
     low_vram: BoolProperty(name="Low VRAM", description="fp8 weights streamed to the GPU, for 24 GB cards")
-    delivery_size: EnumProperty(name="Delivery", default="3840x1920", items=(
-        ("1920x960", "1920×960", "The model's own canvas"),
-        ("2560x1280", "2560×1280", ""),
-        ("3840x1920", "3840×1920 (4K)", "The usual 360° delivery; the plate is laid back at this density"),
-        ("4096x2048", "4096×2048", "The largest H.264 hardware decoders take"),
-        ("5760x2880", "5760×2880 (HEVC)", "Above 4096×2048 the Auto codec is HEVC"),
-        ("7680x3840", "7680×3840 (8K, HEVC)", "What YouTube wants for its sharpest 360° streams")))
+    delivery_size: EnumProperty(name="Delivery", default=DeliverySettings().size, items=[
+        (size, size.replace("x", "×"), what) for size, what in SIZES.items()])
     window_frames: IntProperty(
-        name="Window", default=121, min=25, max=257, step=8,
+        name="Window", default=WINDOW_FRAMES, min=MIN_WINDOW, max=MAX_WINDOW, step=8,
         description="A longer strip is made in overlapping windows of this many frames (8k+1; 121 = 5 s at 24 fps, "
                     "what the model is trained on)")
     window_overlap: IntProperty(
-        name="Overlap", default=25, min=9, max=121,
-        description="Frames each window shares with the previous one (8k+1): it is conditioned on them and they "
-                    "are cross-faded, so the generated region carries on across windows")
+        name="Overlap", default=OVERLAP_FRAMES, min=MIN_OVERLAP, max=MAX_WINDOW // 2,
+        description="Frames each window shares with the previous one (8k+1, at most half the window): it is "
+                    "conditioned on them and they are cross-faded, so the generated region carries on across windows")
     delivery_codec: EnumProperty(name="Codec", default="auto", items=(
         ("auto", "Auto", "H.264 up to 4096×2048 (what hardware decoders take), HEVC above"),
         ("h264", "H.264", "Plays everywhere; hardware decoders stop at 4096×2048"),

@@ -11,11 +11,9 @@ from dataclasses import dataclass
 import bpy
 
 from ..blender_equi360 import Camera, Equi360Error
+from ..blender_equi360.geometry.camera import MAX_HFOV_DEG, MIN_HFOV_DEG
+from ..blender_equi360.stages.reference import SWEET_SPOT_HFOV, TARGET_ASPECT, crops_to_target
 from . import compat
-
-MIN_OK, MAX_OK = 10.0, 170.0      # horizontal FOV the projection accepts
-SWEET_HFOV_DEG = (85.0, 115.0)    # the IC-LoRA was trained around 100°
-SWEET_ASPECT = (2.2, 2.5)         # ... on 2.39:1 plates
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,9 @@ def read_camera(scene, source: StripSource) -> tuple[CameraPose, list[str]]:
     finally:
         scene.frame_set(playhead[0], subframe=playhead[1])
     pose, hfov, clip_aspect = poses[first]
-    if not MIN_OK <= hfov <= MAX_OK:
+    if not MIN_HFOV_DEG < hfov < MAX_HFOV_DEG:
         raise Equi360Error(f"camera {obj.name!r} shows the clip at {hfov:.1f}° across; it must be between "
-                           f"{MIN_OK:.0f}° and {MAX_OK:.0f}°")
+                           f"{MIN_HFOV_DEG:.0f}° and {MAX_HFOV_DEG:.0f}°")
     warnings = []
     moves = [(frame, other) for frame, (other, _, _) in poses.items() if _moved(pose, other)]
     if moves:
@@ -96,10 +94,10 @@ def read_camera(scene, source: StripSource) -> tuple[CameraPose, list[str]]:
                         f"{other.heading_deg:.0f}° at frame {frame}; FOV {pose.camera.hfov_deg:.0f}° → "
                         f"{other.camera.hfov_deg:.0f}°): a moving camera is not supported yet, the pose at the "
                         f"strip's first frame ({first}) is used for the whole clip")
-    if not SWEET_HFOV_DEG[0] <= hfov <= SWEET_HFOV_DEG[1]:
+    if not SWEET_SPOT_HFOV[0] <= hfov <= SWEET_SPOT_HFOV[1]:
         warnings.append(f"the clip spans {hfov:.0f}° across; the model works best near 100°")
-    if not SWEET_ASPECT[0] <= clip_aspect <= SWEET_ASPECT[1]:
-        warnings.append(f"the clip is {clip_aspect:.2f}:1; it will be cropped to 2.39:1, the model's shape")
+    if crops_to_target(source.width, source.height):
+        warnings.append(f"the clip is {clip_aspect:.2f}:1; it will be cropped to {TARGET_ASPECT}:1, the model's shape")
     return pose, warnings
 
 
@@ -123,7 +121,7 @@ def _pose(scene, obj, source: StripSource):
     level_right = (math.sin(math.radians(heading)), -math.cos(math.radians(heading)), 0.0)
     level_up = _cross(level_right, forward)
     roll = math.degrees(math.atan2(_dot(right, level_up), _dot(right, level_right)))
-    camera = Camera(hfov_deg=min(max(hfov, 1.0), 179.0), pitch_deg=pitch, roll_deg=roll, shift_x=shift_x,
+    camera = Camera(hfov_deg=min(max(hfov, MIN_HFOV_DEG + 0.1), MAX_HFOV_DEG - 0.1), pitch_deg=pitch, roll_deg=roll, shift_x=shift_x,
                     shift_y=shift_y)
     return CameraPose(camera, heading, tuple(obj.matrix_world.translation)), hfov, clip_aspect
 

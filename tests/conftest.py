@@ -1,9 +1,11 @@
-"""Shared test helpers: synthetic clips written with PyAV, as a user's camera or editor would."""
+"""Shared test helpers: synthetic clips written with PyAV, as a user's camera or editor would; the tiny model
+set; references and jobs for the engine, and running it."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
+from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
+from blender_equi360.jobs.job import Job, ModelFiles, save_job
+from blender_equi360.jobs.protocol import parse_event
+from engine.device import DEVICE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +105,43 @@ def models(tmp_path_factory):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
+
+
+# --- the engine, on tiny inputs -----------------------------------------------------------------------------
+
+CPU = {**os.environ, DEVICE_ENV: "cpu"}  # the real LTX pipeline on the CPU, for the tiny models
+
+
+def run_engine(job_dir, env=CPU, timeout=300, preexec_fn=None):
+    """``python -m engine run JOB_DIR``: (exit status, events, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
+    return proc.returncode, [parse_event(line) for line in proc.stdout.splitlines()], proc.stderr
+
+
+@pytest.fixture(scope="module")
+def engine_reference(tmp_path_factory):
+    """A 49-frame reference on a 512×256 canvas, for the draft engine."""
+    folder = tmp_path_factory.mktemp("ref")
+    clip = write_clip(folder / "clip.mp4", 49, 320, 134, 24, lambda k: smooth_texture(320, 134, k / 5))
+    build_reference(clip, folder / "reference.mkv", folder / "mask.mkv",
+                    ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=49))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory):
+    """A 9-frame reference on a 128×64 canvas, for the tiny LTX models."""
+    folder = tmp_path_factory.mktemp("ref")
+    clip = write_clip(folder / "clip.mp4", 9, 240, 100, 24, lambda k: smooth_texture(240, 100, k / 5))
+    build_reference(clip, folder / "reference.mkv", folder / "mask.mkv",
+                    ReferenceSettings(camera=Camera(100), size=CanvasSize(128, 64), frames=9))
+    return folder
+
+
+def make_job(folder, reference, models, **fields):
+    """An LTX job on the tiny models (2 steps, delivered at 256×128) over ``reference``'s inputs."""
+    copy_job_inputs(reference, folder)
+    fields = {"backend": "ltx", "steps": 2, "delivery_size": "256x128", **fields}
+    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models), **fields))
+    return folder

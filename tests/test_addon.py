@@ -195,7 +195,6 @@ def test_the_reference_world_puts_the_plate_where_the_camera_sees_it(tmp_path, c
     ("add_strip(CLIP)", "no camera"),
     ("add_camera(kind='ORTHO'); add_strip(CLIP)", "perspective camera"),
     ("add_camera(kind='PANO'); add_strip(CLIP)", "perspective camera"),
-    ("add_camera(lens_hfov=175); add_strip(CLIP)", "between"),
     ("add_camera(); add_strip(CLIP); prefs.engine_python = ''", "not configured"),
 ])
 def test_bad_input_is_a_report_and_leaves_nothing_behind(tmp_path, clip, setup, words, bpy_python):

@@ -5,13 +5,12 @@ import subprocess
 import sys
 
 from conftest import ROOT, copy_job_inputs
-from test_engine_protocol import reference  # noqa: F401  (fixture)
 
 from blender_equi360.jobs.job import Job, save_job
 
 
-def job(folder, reference, **fields):
-    copy_job_inputs(reference, folder)
+def job(folder, engine_reference, **fields):
+    copy_job_inputs(engine_reference, folder)
     save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
                          **fields))
     return folder
@@ -22,11 +21,11 @@ def batch(*job_dirs):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_batch_runs_every_job_goes_on_after_a_failure_and_resumes(tmp_path, reference):
-    first = job(tmp_path / "shot1", reference)
-    broken = job(tmp_path / "shot2", reference)
+def test_a_batch_runs_every_job_goes_on_after_a_failure_and_resumes(tmp_path, engine_reference):
+    first = job(tmp_path / "shot1", engine_reference)
+    broken = job(tmp_path / "shot2", engine_reference)
     (broken / "reference.mkv").write_bytes(b"not a video")
-    third = job(tmp_path / "shot3", reference, seed=3)
+    third = job(tmp_path / "shot3", engine_reference, seed=3)
     run = batch(first, broken, third)
     assert run.returncode == 1, run.stdout + run.stderr
     assert (first / "result.mp4").exists() and (third / "result.mp4").exists()
@@ -40,9 +39,9 @@ def test_a_batch_runs_every_job_goes_on_after_a_failure_and_resumes(tmp_path, re
     assert "batch: 1 done, 1 skipped, 0 failed" in batch(first, third).stdout
 
 
-def test_ctrl_c_cancels_the_running_job_and_stops_the_batch(tmp_path, reference):
+def test_ctrl_c_cancels_the_running_job_and_stops_the_batch(tmp_path, engine_reference):
     import signal
-    first, second = job(tmp_path / "shot1", reference), job(tmp_path / "shot2", reference)
+    first, second = job(tmp_path / "shot1", engine_reference), job(tmp_path / "shot2", engine_reference)
     proc = subprocess.Popen([sys.executable, "-m", "blender_equi360", "batch", str(first), str(second)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:

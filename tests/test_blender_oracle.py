@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, copy_job_inputs
+from conftest import CPU, ROOT, copy_job_inputs
 
 from blender_equi360.geometry.camera import Camera
 from blender_equi360.jobs.canvas import CanvasSize
@@ -105,7 +105,7 @@ def test_the_engine_meets_the_quality_goals_on_the_rendered_city(oracle, backend
     """The whole engine (draft, and the real LTX pipeline on the tiny models) on the rendered city: the
     delivered plate is the source's at ≥ 40 dB, the draft is seamless, and its fill is closer to the true
     panorama than a black sky and ground would be."""
-    from test_engine_ltx import CPU, run_engine
+    from conftest import run_engine
 
     from blender_equi360.jobs.job import Job, ModelFiles, save_job
     from blender_equi360.media.video import resize

@@ -10,53 +10,31 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from conftest import CPU, ROOT, make_job, run_engine, smooth_texture, write_clip
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
-from blender_equi360.jobs.job import Job, ModelFiles, save_job
+from blender_equi360.jobs.job import Job
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 from blender_equi360.media.video import probe
-from engine import ltx, runner, tiny
+from engine import ltx, recipes, runner, tiny
 from engine.configs import LTX23_CONFIGS
+from engine.device import DEVICE_ENV
 from engine.models import LOADED, component_class, load_components
 from engine.protocol_io import Channel, EngineError
 from engine.weights import check_checkpoint, check_lora, check_text_encoder
 
-CPU = {**os.environ, ltx.DEVICE_ENV: "cpu"}
 # Lightricks' 30-step LTX-2.3 dev schedule (ltx-core LTX2Scheduler, no latent: shift 2.05, terminal 0.1).
 OFFICIAL_30 = (1.0, .995, .9896, .9839, .9778, .9714, .9644, .957, .949, .9403, .931, .9209, .9098, .8977, .8845,
                .8699, .8537, .8356, .8153, .7924, .7664, .7364, .7017, .6608, .6121, .5531, .4802, .3875, .2661, .1)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ref")
-    clip = write_clip(folder / "clip.mp4", 9, 240, 100, 24, lambda k: smooth_texture(240, 100, k / 5))
-    build_reference(clip, folder / "reference.mkv", folder / "mask.mkv",
-                    ReferenceSettings(camera=Camera(100), size=CanvasSize(128, 64), frames=9))
-    return folder
-
-
-def make_job(folder, reference, models, **fields):
-    copy_job_inputs(reference, folder)
-    fields = {"backend": "ltx", "steps": 2, "delivery_size": "256x128", **fields}
-    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", models=ModelFiles(**models), **fields))
-    return folder
-
-
-def run_engine(job_dir, env=CPU, timeout=180):
-    proc = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, [parse_event(line) for line in proc.stdout.splitlines()], proc.stderr
 
 
 class Captured:
     """Runs the backend in this process and keeps the decoder's input and output."""
 
     def __init__(self, monkeypatch):
-        monkeypatch.setenv(ltx.DEVICE_ENV, "cpu")
+        monkeypatch.setenv(DEVICE_ENV, "cpu")
         self.latents, self.video = None, None
         real_decode = ltx.decode
 
@@ -156,7 +134,7 @@ def test_the_real_checkpoint_layout_converts_onto_every_full_size_component():
 # --- recipes -----------------------------------------------------------------------------------------------
 
 def test_quality_uses_lightricks_fixed_shift_schedule_and_official_guidance():
-    rec = ltx.recipe(Job.from_fields(reference="r", mask="m"), num_layers=48)
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m"), num_layers=48)
     assert np.allclose(rec.sigmas, OFFICIAL_30, atol=6e-5)
     assert rec.guidance["guidance_scale"] == 3 and rec.guidance["stg_scale"] == 1
     assert rec.guidance["spatio_temporal_guidance_blocks"] == [28] and rec.guidance["guidance_rescale"] == 0.7
@@ -164,8 +142,8 @@ def test_quality_uses_lightricks_fixed_shift_schedule_and_official_guidance():
 
 
 def test_fast_turns_every_guidance_term_off_for_video_and_audio():
-    rec = ltx.recipe(Job.from_fields(reference="r", mask="m", preset="fast"), num_layers=48)
-    assert rec.sigmas == ltx.DISTILLED_SIGMAS and len(rec.sigmas) == 8 and rec.distilled
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset="fast"), num_layers=48)
+    assert rec.sigmas == recipes.DISTILLED_SIGMAS and len(rec.sigmas) == 8 and rec.distilled
     g = rec.guidance
     assert g["guidance_scale"] == g["audio_guidance_scale"] == 1 and g["modality_scale"] == g["audio_modality_scale"] == 1
     assert g["stg_scale"] == g["audio_stg_scale"] == 0 and not rec.uses_cfg
@@ -173,8 +151,8 @@ def test_fast_turns_every_guidance_term_off_for_video_and_audio():
 
 # --- generation ----------------------------------------------------------------------------------------------
 
-def test_engine_run_generates_through_the_in_context_pipeline(tmp_path, reference, models):
-    rc, events, err = run_engine(make_job(tmp_path, reference, models))
+def test_engine_run_generates_through_the_in_context_pipeline(tmp_path, tiny_reference, models):
+    rc, events, err = run_engine(make_job(tmp_path, tiny_reference, models))
     assert rc == 0, err
     stages = []
     for e in events:
@@ -191,9 +169,9 @@ def test_engine_run_generates_through_the_in_context_pipeline(tmp_path, referenc
     assert "engine.log" in {p.name for p in tmp_path.iterdir()}
 
 
-def test_reference_tokens_never_reach_the_decoder(tmp_path, reference, models, monkeypatch):
+def test_reference_tokens_never_reach_the_decoder(tmp_path, tiny_reference, models, monkeypatch):
     captured = Captured(monkeypatch)
-    captured.run(make_job(tmp_path, reference, models))
+    captured.run(make_job(tmp_path, tiny_reference, models))
     # 9 frames at 128×64 are 2×2×4 latents: the target alone, not target + reference.
     assert tuple(captured.latents.shape) == (1, tiny.METADATA_CONFIG["vae"]["latent_channels"], 2, 2, 4)
     assert captured.video.shape == (9, 64, 128, 3)
@@ -221,30 +199,30 @@ def test_the_vae_encoder_only_ever_sees_pixels_in_minus_1_to_1(tmp_path, models,
     assert all(low < -0.99 and high > 0.5 for _, low, high in seen[::2]), seen  # the references: black is −1
 
 
-def test_the_lora_changes_the_output_and_strength_zero_is_the_base_model(tmp_path, reference, models, monkeypatch):
+def test_the_lora_changes_the_output_and_strength_zero_is_the_base_model(tmp_path, tiny_reference, models, monkeypatch):
     videos = {}
     for name, strength in (("full", 1.0), ("zero", 0.0)):
         captured = Captured(monkeypatch)
-        captured.run(make_job(tmp_path / name, reference, models, lora_strength=strength, preset="quality"))
+        captured.run(make_job(tmp_path / name, tiny_reference, models, lora_strength=strength, preset="quality"))
         videos[name] = captured.latents
     monkeypatch.setattr(ltx, "_apply_loras", lambda *args: None)
     captured = Captured(monkeypatch)
-    captured.run(make_job(tmp_path / "base", reference, models))
+    captured.run(make_job(tmp_path / "base", tiny_reference, models))
     assert torch.allclose(videos["zero"], captured.latents, atol=1e-6)
     assert (videos["full"] - captured.latents).abs().mean() > 0.05
 
 
-def test_fast_preset_fuses_the_distilled_lora_and_runs_eight_steps(tmp_path, reference, models, monkeypatch):
+def test_fast_preset_fuses_the_distilled_lora_and_runs_eight_steps(tmp_path, tiny_reference, models, monkeypatch):
     captured = Captured(monkeypatch)
-    result, events = captured.run(make_job(tmp_path, reference, models, preset="fast", steps=None))
+    result, events = captured.run(make_job(tmp_path, tiny_reference, models, preset="fast", steps=None))
     assert [e["total"] for e in events if e["event"] == "progress" and e["stage"] == "denoise"][-1] == 8
     missing = {**models, "distilled_lora": None}
     with pytest.raises(EngineError) as info:
-        captured.run(make_job(tmp_path / "nodistilled", reference, missing, preset="fast"))
+        captured.run(make_job(tmp_path / "nodistilled", tiny_reference, missing, preset="fast"))
     assert info.value.code == "missing_weights" and "distilled LoRA" in str(info.value)
 
 
-def test_a_checkpoint_without_audio_vae_or_vocoder_makes_the_same_video(tmp_path, reference, models, monkeypatch):
+def test_a_checkpoint_without_audio_vae_or_vocoder_makes_the_same_video(tmp_path, tiny_reference, models, monkeypatch):
     """The engine makes no sound: the vocoder is never loaded, and without an audio VAE the audio latents'
     statistics are not needed either (the audio starts from noise and is never decoded)."""
     runs = {}
@@ -252,21 +230,21 @@ def test_a_checkpoint_without_audio_vae_or_vocoder_makes_the_same_video(tmp_path
                        ("video_only", lambda k: not k.startswith(("audio_vae.", "vocoder.")))):
         files = _rewritten(models, tmp_path / f"{name}.safetensors", keep)
         captured = Captured(monkeypatch)
-        captured.run(make_job(tmp_path / name, reference, files))
+        captured.run(make_job(tmp_path / name, tiny_reference, files))
         runs[name] = captured.latents
     assert torch.equal(runs["whole"], runs["video_only"])
 
 
-def test_low_vram_path_runs(tmp_path, reference, models, monkeypatch):
+def test_low_vram_path_runs(tmp_path, tiny_reference, models, monkeypatch):
     captured = Captured(monkeypatch)
-    captured.run(make_job(tmp_path, reference, models, low_vram=True))
+    captured.run(make_job(tmp_path, tiny_reference, models, low_vram=True))
     assert captured.video.shape == (9, 64, 128, 3)
 
 
 # --- cancel and errors -------------------------------------------------------------------------------------------
 
-def test_cancel_stops_within_one_denoising_step_and_writes_nothing(tmp_path, reference, models):
-    job_dir = make_job(tmp_path, reference, models, steps=60)
+def test_cancel_stops_within_one_denoising_step_and_writes_nothing(tmp_path, tiny_reference, models):
+    job_dir = make_job(tmp_path, tiny_reference, models, steps=60)
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, env=CPU, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     events, cancelled_at = [], None
@@ -323,25 +301,25 @@ def _lora_for_another_model(models, folder):
     (lambda m, f: {**m, "ic_lora": m["checkpoint"]}, "wrong_lora", "LoRA"),
     (_lora_for_another_model, "wrong_lora", "does not fit"),
 ])
-def test_each_model_fault_has_its_code_and_names_the_file(tmp_path, reference, models, break_models, code, words):
+def test_each_model_fault_has_its_code_and_names_the_file(tmp_path, tiny_reference, models, break_models, code, words):
     broken = break_models(models, tmp_path)
-    rc, events, err = run_engine(make_job(tmp_path / "job", reference, broken))
+    rc, events, err = run_engine(make_job(tmp_path / "job", tiny_reference, broken))
     error = events[-1]
     assert rc == EXIT_CODES[code] and error["event"] == "error" and error["code"] == code, err
     assert words in error["message"] and "\n" not in error["message"]
     assert not (tmp_path / "job" / "result.mp4").exists()
 
 
-def test_no_cuda_is_its_own_error(tmp_path, reference, models):
+def test_no_cuda_is_its_own_error(tmp_path, tiny_reference, models):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    env = {k: v for k, v in os.environ.items() if k != ltx.DEVICE_ENV}
-    rc, events, _ = run_engine(make_job(tmp_path, reference, models), env=env)
+    env = {k: v for k, v in os.environ.items() if k != DEVICE_ENV}
+    rc, events, _ = run_engine(make_job(tmp_path, tiny_reference, models), env=env)
     assert rc == EXIT_CODES["no_cuda"] and events[-1]["code"] == "no_cuda"
 
 
-def test_a_reference_the_model_cannot_take_is_bad_input(tmp_path, reference, models, monkeypatch):
-    job_dir = make_job(tmp_path, reference, models)
+def test_a_reference_the_model_cannot_take_is_bad_input(tmp_path, tiny_reference, models, monkeypatch):
+    job_dir = make_job(tmp_path, tiny_reference, models)
     clip = write_clip(tmp_path / "odd.mp4", 9, 120, 64, 24, lambda k: smooth_texture(120, 64, k))
     (job_dir / "reference.mkv").write_bytes(clip.read_bytes())
     with pytest.raises(EngineError) as info:
@@ -349,19 +327,19 @@ def test_a_reference_the_model_cannot_take_is_bad_input(tmp_path, reference, mod
     assert info.value.code == "bad_input" and "multiples of 32" in str(info.value)
 
 
-def test_cuda_out_of_memory_says_what_to_do(tmp_path, reference, models, monkeypatch):
+def test_cuda_out_of_memory_says_what_to_do(tmp_path, tiny_reference, models, monkeypatch):
     captured = Captured(monkeypatch)
 
     def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
     monkeypatch.setattr(ltx, "decode", out_of_memory)
     with pytest.raises(EngineError) as info:
-        captured.run(make_job(tmp_path, reference, models))
+        captured.run(make_job(tmp_path, tiny_reference, models))
     assert info.value.code == "cuda_oom" and "low VRAM" in str(info.value) and "decode" in str(info.value)
 
 
-def test_engine_check_reports_each_model_file(tmp_path, reference, models):
-    job_dir = make_job(tmp_path, reference, {**models, "ic_lora": str(tmp_path / "missing.safetensors")})
+def test_engine_check_reports_each_model_file(tmp_path, tiny_reference, models):
+    job_dir = make_job(tmp_path, tiny_reference, {**models, "ic_lora": str(tmp_path / "missing.safetensors")})
     run = subprocess.run([sys.executable, "-m", "engine", "check", str(job_dir)], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     report = json.loads(run.stdout)

@@ -23,7 +23,7 @@ from conftest import ROOT
 from safetensors.torch import load_file
 
 from blender_equi360.jobs.job import Job
-from engine import ltx, official
+from engine import ltx, official, recipes
 from engine.configs import component_configs
 from engine.models import load_components
 from engine.weights import check_checkpoint
@@ -87,7 +87,7 @@ def run(pipe, golden, monkeypatch, preset: str, continuation: bool, downscale: i
     """The engine's denoise on the golden inputs, starting from the golden noise."""
     s, inputs = golden["settings"]["settings"], golden["inputs"]
     quality_steps = len(golden["settings"]["guidance"]["quality"]["sigmas"]) - 1
-    rec = ltx.recipe(Job.from_fields(reference="r", mask="m", preset=preset, steps=quality_steps),
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset=preset, steps=quality_steps),
                      pipe.transformer.config.num_layers)
     if steps:
         rec = dataclasses.replace(rec, sigmas=rec.sigmas[:steps])

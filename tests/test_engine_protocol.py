@@ -9,27 +9,18 @@ import sys
 import av
 import numpy as np
 import pytest
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from conftest import ROOT, copy_job_inputs
 
-from blender_equi360 import Camera, CanvasSize, Equi360Error, ReferenceSettings, build_reference
+from blender_equi360 import Equi360Error
 from blender_equi360.jobs.job import Job, ModelFiles, load_job, output_path, save_job
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.metrics import mean_abs_error
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ref")
-    clip = write_clip(folder / "clip.mp4", 49, 320, 134, 24, lambda k: smooth_texture(320, 134, k / 5))
-    build_reference(clip, folder / "reference.mkv", folder / "mask.mkv",
-                    ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=49))
-    return folder
-
-
 @pytest.fixture
-def job_dir(tmp_path, reference):
-    copy_job_inputs(reference, tmp_path)
+def job_dir(tmp_path, engine_reference):
+    copy_job_inputs(engine_reference, tmp_path)
     save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
     return tmp_path
 
@@ -44,7 +35,7 @@ def finish(proc, timeout=120):
     return proc.returncode, [parse_event(line) for line in out.splitlines()], err
 
 
-def test_draft_job_end_to_end(job_dir, reference):
+def test_draft_job_end_to_end(job_dir, engine_reference):
     rc, events, err = finish(engine("run", job_dir))
     assert rc == 0, err
     kinds = [e["event"] for e in events]

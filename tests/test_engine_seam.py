@@ -3,8 +3,9 @@ undoes exactly; the engine's model sees a moving edge while its output stays in 
 wrapped decode sees across the edge."""
 
 import torch
+from conftest import make_job
 from diffusers import LTX2InContextPipeline
-from test_engine_ltx import Captured, make_job, reference  # noqa: F401  (fixtures)
+from test_engine_ltx import Captured
 
 from engine import seam, tiny
 
@@ -68,12 +69,12 @@ def test_the_wrapped_decode_crops_back_to_the_canvas_and_sees_across_the_edge():
     assert roll_error(seam.DECODE_WRAP_LATENTS) < roll_error(0) / 5
 
 
-def test_the_engine_rolls_during_denoising(tmp_path, reference, models, monkeypatch):
+def test_the_engine_rolls_during_denoising(tmp_path, tiny_reference, models, monkeypatch):
     results = {}
     for name, per_step in (("rolled", seam.ROLL_PER_STEP), ("still", 0.0)):
         monkeypatch.setattr(seam, "ROLL_PER_STEP", per_step)
         monkeypatch.setattr(seam.LatentRoll.__init__, "__defaults__", (1, per_step))
         captured = Captured(monkeypatch)
-        captured.run(make_job(tmp_path / name, reference, models, steps=4))
+        captured.run(make_job(tmp_path / name, tiny_reference, models, steps=4))
         results[name] = captured.latents
     assert (results["rolled"] - results["still"]).abs().mean() > 1e-3

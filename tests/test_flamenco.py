@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, copy_job_inputs
-from test_engine_protocol import reference  # noqa: F401  (fixture)
 
 from blender_equi360.farm import flamenco
 from blender_equi360.jobs.errors import Equi360Error
@@ -126,8 +125,8 @@ def run_as_worker(task: dict, cwd: Path, **variables) -> subprocess.CompletedPro
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_the_command_runs_the_engine_on_the_shot_from_any_folder(tmp_path, reference):  # noqa: F811
-    shot = copy_job_inputs(reference, tmp_path / "farm" / "shot_01")
+def test_the_command_runs_the_engine_on_the_shot_from_any_folder(tmp_path, engine_reference):  # noqa: F811
+    shot = copy_job_inputs(engine_reference, tmp_path / "farm" / "shot_01")
     save_job(shot, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
     (task, missing) = compile_job({"job_root": "{farm}", "shots": "shot_01\nmissing"})["tasks"]
     elsewhere = tmp_path / "worker"

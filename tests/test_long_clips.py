@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
+from conftest import CPU, ROOT, copy_job_inputs, run_engine, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.errors import Equi360Error
@@ -27,9 +27,9 @@ from blender_equi360.quality.score import score
 from blender_equi360.quality.sphere_metrics import FrameChanges, boundary_jump
 from blender_equi360.stages.join import assemble
 from engine import ltx, runner
+from engine.device import DEVICE_ENV
 from engine.protocol_io import Channel
 
-CPU = {**os.environ, ltx.DEVICE_ENV: "cpu"}
 FRAMES, FPS = 61, 30        # 2.03 s at 30 fps: four windows of 25 frames with 9 shared
 WINDOW = {"window_frames": 25, "window_overlap": 9}
 
@@ -48,12 +48,6 @@ def draft_job(folder, reference, **fields):
     save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv",
                          **{"backend": "draft", "delivery_size": "256x128", **WINDOW, **fields}))
     return folder
-
-
-def run_engine(job_dir, env=CPU, preexec_fn=None, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
-    return proc.returncode, [parse_event(line) for line in proc.stdout.splitlines()], proc.stderr
 
 
 def frames_of(video) -> np.ndarray:
@@ -123,7 +117,8 @@ def test_a_window_file_with_missing_frames_is_an_error_that_says_what_to_do():
 
 
 @pytest.mark.parametrize("window, overlap, message", [
-    (17, 9, "at least 25"),                       # no overlap fits: the smallest is 9
+    (17, 9, "from 25 to 257"),                    # no overlap fits: the smallest is 9
+    (265, 25, "from 25 to 257"),
     (33, 25, "at most half of window_frames 33 (e.g. 9)"),
     (121, 65, "at most half of window_frames 121 (e.g. 57)"),
     (24, 9, "8k+1"), (121, 8, "8k+1")])
@@ -281,7 +276,7 @@ def test_the_model_makes_a_long_clip_in_windows_and_resumes_to_the_same_video(lo
 def test_each_window_is_pinned_to_the_previous_windows_frames(long_reference, models, tmp_path, monkeypatch):
     """Conditioning reaches the model: given the same last frames, two seeds agree on the window's first
     latent frames (the conditioned ones) and differ on the rest."""
-    monkeypatch.setenv(ltx.DEVICE_ENV, "cpu")
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
     job_dir = ltx_job(tmp_path / "job", long_reference, models)
     job = load_job(job_dir)
     latents = []

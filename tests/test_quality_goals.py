@@ -12,8 +12,7 @@ test_engine_seam.py)."""
 
 import numpy as np
 import pytest
-from conftest import rendered_texture, smooth_texture, write_clip
-from test_engine_ltx import make_job, run_engine  # noqa: F401  (fixtures)
+from conftest import make_job, rendered_texture, run_engine, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.job import Job, save_job

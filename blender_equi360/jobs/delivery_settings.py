@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .canvas import CanvasSize
-from .errors import Equi360Error
+from .errors import Equi360Error, require
 
 H264_MAX = (4096, 2048)  # the largest picture hardware H.264 decoders take
 MAX_SIZE = CanvasSize(8192, 4096)  # HEVC level 6.2 ends at 8192×4320
@@ -47,22 +47,22 @@ class DeliverySettings:
                                                    "mask sequence")
 
     def __post_init__(self):
-        _check(isinstance(self.size, str), "delivery_size must be text like 3840x1920")
+        require(isinstance(self.size, str), "delivery_size must be text like 3840x1920")
         try:
             check_size(self.canvas)
         except Equi360Error as err:
             raise Equi360Error(f"delivery_size: {err}") from None
-        _check(self.codec in CODECS, f"codec {self.codec!r} is not one of {', '.join(CODECS)}")
-        _check(self.crf is None or (isinstance(self.crf, int) and not isinstance(self.crf, bool)
+        require(self.codec in CODECS, f"codec {self.codec!r} is not one of {', '.join(CODECS)}")
+        require(self.crf is None or (isinstance(self.crf, int) and not isinstance(self.crf, bool)
                                     and 0 <= self.crf <= 51), "delivery_crf must be a whole number from 0 to 51 "
                                                               "(or null)")
-        _check(self.pixel_format in PIXEL_FORMATS,
+        require(self.pixel_format in PIXEL_FORMATS,
                f"pixel format {self.pixel_format!r} is not one of {', '.join(PIXEL_FORMATS)}")
         for name in ("spherical_metadata", "suffix_360", "audio"):
-            _check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
-        _check(self.passes is None or self.passes in PASSES, f"passes {self.passes!r} is not one of "
+            require(isinstance(getattr(self, name), bool), f"{name} must be true or false")
+        require(self.passes is None or self.passes in PASSES, f"passes {self.passes!r} is not one of "
                                                              f"{', '.join(PASSES)} (or null)")
-        _check(self.pass_alpha in PASS_ALPHA, f"pass alpha {self.pass_alpha!r} is not one of {', '.join(PASS_ALPHA)}")
+        require(self.pass_alpha in PASS_ALPHA, f"pass alpha {self.pass_alpha!r} is not one of {', '.join(PASS_ALPHA)}")
 
     @classmethod
     def job_names(cls) -> dict[str, str]:
@@ -110,8 +110,3 @@ def memory_gb() -> float | None:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise Equi360Error(message)

@@ -7,3 +7,9 @@ class Equi360Error(Exception):
 
 class IncompatibleJob(Equi360Error):
     """A job folder made by a version of Equi360 that this one cannot run or continue."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`Equi360Error` with ``message`` unless ``ok``: the one way the core checks what it is given."""
+    if not ok:
+        raise Equi360Error(message)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .atomic import write_json_atomically
 from .delivery_settings import DeliverySettings
-from .errors import Equi360Error, IncompatibleJob
+from .errors import Equi360Error, IncompatibleJob, require
 from .windows import MANIFEST_FILE, OVERLAP_FRAMES, WINDOW_FRAMES, WINDOWS_DIR, check_window_settings
 
 JOB_FILE = "job.json"
@@ -188,8 +188,7 @@ def _check_version(version) -> None:
 
 
 def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise Equi360Error(f"{JOB_FILE}: {message}")
+    require(ok, f"{JOB_FILE}: {message}")
 
 
 def load_job(job_dir) -> Job:

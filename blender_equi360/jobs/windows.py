@@ -31,16 +31,16 @@ WINDOWS_DIR = "windows"
 MANIFEST_VERSION = 1
 WINDOW_FRAMES = 121   # 5 s at 24 fps: what the model is trained on
 OVERLAP_FRAMES = 25   # 1 s: three latent frames of conditioning after the first
-
-
-MIN_OVERLAP = 9                          # one latent frame of conditioning after the first
+MIN_OVERLAP = 9       # one latent frame of conditioning after the first
 MIN_WINDOW = round_up_frame_count(2 * MIN_OVERLAP)  # 25: room for the smallest overlap twice
+MAX_WINDOW = 257      # 10.7 s at 24 fps: twice the model's training length, already more than a GPU holds
 
 
 def check_window_settings(window: int, overlap: int) -> None:
     """Raises Equi360Error unless ``window`` and ``overlap`` are lengths the model and the crossfade take."""
-    if not (isinstance(window, int) and valid_frame_count(window) and window >= MIN_WINDOW):
-        raise Equi360Error(f"window_frames {window!r} must be 8k+1 frames and at least {MIN_WINDOW} (e.g. 121)")
+    if not (isinstance(window, int) and valid_frame_count(window) and MIN_WINDOW <= window <= MAX_WINDOW):
+        raise Equi360Error(f"window_frames {window!r} must be 8k+1 frames from {MIN_WINDOW} to {MAX_WINDOW} "
+                           "(e.g. 121)")
     if not (isinstance(overlap, int) and valid_frame_count(overlap) and overlap >= MIN_OVERLAP):
         raise Equi360Error(f"window_overlap {overlap!r} must be 8k+1 frames and at least {MIN_OVERLAP} (e.g. 25)")
     if 2 * overlap > window:

@@ -33,6 +33,7 @@ from ..media.video import (
 )
 
 TARGET_ASPECT = 2.39  # the model's sweet spot
+MODEL_CANVAS = CanvasSize(1920, 960)  # the reference's canvas, as the VR-360 LoRA is made
 MAX_CANVAS = CanvasSize(4096, 2048)  # the model's canvas: already 4.6× the tokens of 1920×960 per frame
 CROPS = ("center", "top", "bottom", "none")
 SWEET_SPOT_HFOV = (80.0, 120.0)
@@ -44,7 +45,7 @@ MODEL_FPS = 24.0  # what the model is trained at; other rates work, with the tim
 class ReferenceSettings:
     camera: Camera = field(default_factory=Camera)
     crop: str = "center"            # to 2.39:1, keeping the centre/top/bottom rows; "none" keeps the aspect
-    size: CanvasSize = field(default_factory=CanvasSize)
+    size: CanvasSize = MODEL_CANVAS
     frames: int | None = DEFAULT_FRAMES  # 8k+1; None = the whole clip from start_s, padded up to 8k+1
     fps: float | None = None        # None: the clip's own rate (the delivery then times like the source)
     start_s: float = 0.0
@@ -113,6 +114,11 @@ def plate_crop(picture: PictureBox, crop: str) -> tuple[int, int, int, int]:
     ch = 2 * round(w / TARGET_ASPECT / 2)
     y = {"top": 0, "center": 2 * ((h - ch) // 4), "bottom": h - ch}[crop]
     return 0, y, w, ch
+
+
+def crops_to_target(width: int, height: int) -> bool:
+    """Whether a picture of this size is cropped to the model's shape (by the default, centred crop)."""
+    return plate_crop(PictureBox(0, 0, width, height), "center")[2:] != (width, height)
 
 
 def _check_outputs(source: Path, video: Path, mask: Path) -> None:
