@@ -9,7 +9,10 @@ import time
 
 import numpy as np
 
+from blender_equi360.jobs.job import job_path
 from blender_equi360.media.video import read_frames
+
+from .generators import GeneratorReport
 
 DRAFT_TITLE = "Equi360 DRAFT: classical fill, no model"
 
@@ -123,8 +126,8 @@ class DraftGenerator:
     conditioning; the windows' crossfade has nothing to smooth."""
     title = DRAFT_TITLE
 
-    def __init__(self, mask_path, channel):
-        self.mask_path, self.channel, self.mask = mask_path, channel, None
+    def __init__(self, job_dir, job, channel):
+        self.mask_path, self.channel, self.mask = job_path(job_dir, job.mask), channel, None
 
     def prepare(self) -> None:
         self.mask = next(read_frames(self.mask_path, "gray"))
@@ -137,8 +140,8 @@ class DraftGenerator:
             self.channel.progress("draft", k, window.frames, started)
             yield filled
 
-    def report(self) -> dict:
-        return {"peak_vram_gb": None}
+    def report(self) -> GeneratorReport:
+        return {"peak_vram_gb": None, "memory_plan_gb": None}
 
     def close(self) -> None:
         pass

@@ -22,7 +22,9 @@ import gc
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -32,10 +34,11 @@ from blender_equi360.media.video import probe
 from . import official, seam
 from .configs import component_configs
 from .device import device_and_dtype
+from .generators import GeneratorReport
 from .models import LOADED, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
 from .recipes import DISTILLED_LORA_STRENGTH, MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, Recipe, recipe
-from .weights import check_checkpoint, check_lora, check_text_encoder
+from .weights import Header, check_checkpoint, check_lora, check_text_encoder
 
 LOW_VRAM_BLOCKS_PER_GROUP = 4
 # Free GPU memory under which the denoising models leave the GPU for a window's decode. A guess with room
@@ -71,7 +74,18 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def check_models(job: Job, job_dir: Path):
+@dataclass(frozen=True)
+class ModelPaths:
+    """The model files a job's recipe needs, checked."""
+    checkpoint: Path
+    header: Header                # the checkpoint's tensor names, shapes and metadata
+    text_encoder: Path            # the Gemma 3 folder
+    ic_lora: Path
+    reference_downscale: int      # the IC-LoRA's reference_downscale_factor
+    distilled_lora: Path | None   # for the fast preset
+
+
+def check_models(job: Job, job_dir: Path) -> ModelPaths:
     """All the files the recipe needs, checked from their headers before anything is loaded."""
     models = job.models
     for field, what in (("checkpoint", "LTX-2.3 checkpoint"), ("text_encoder", "text encoder (Gemma 3) folder"),
@@ -91,7 +105,7 @@ def check_models(job: Job, job_dir: Path):
     distilled = job_path(job_dir, models.distilled_lora) if job.preset == "fast" else None
     if distilled:
         check_lora(distilled, "distilled LoRA")
-    return checkpoint, header, text_encoder, ic_lora, downscale, distilled
+    return ModelPaths(checkpoint, header, text_encoder, ic_lora, downscale, distilled)
 
 
 def memory_plan(header, text_encoder: Path, low_vram: bool) -> dict:
@@ -147,10 +161,11 @@ class LtxGenerator:
 
         job, channel = self.job, self.channel
         self.device, self.dtype = device_and_dtype()
-        checkpoint, header, text_encoder_dir, ic_lora, self.downscale, distilled = check_models(job, self.job_dir)
+        paths = check_models(job, self.job_dir)
+        self.downscale = paths.reference_downscale
         self.fps = probe(job_path(self.job_dir, job.reference)).fps  # the canvas was checked by the runner
-        configs = component_configs(header)
-        self.plan = memory_plan(header, text_encoder_dir, job.low_vram)
+        configs = component_configs(paths.header)
+        self.plan = memory_plan(paths.header, paths.text_encoder, job.low_vram)
         plan = self.plan
         channel.log(f"LTX-2.3 on {self.device} ({self.dtype}), preset {job.preset}"
                     f"{', low VRAM' if job.low_vram else ''}; weights on the device per phase: text "
@@ -162,7 +177,7 @@ class LtxGenerator:
         with _out_of_memory_is_an_error(self.phases, self.device):
             # 1. text: Gemma encodes once for every window, then leaves
             self.phases.begin("encode_prompt", 1)
-            tokenizer, text_encoder = load_text_encoder(text_encoder_dir, self.device, self.dtype)
+            tokenizer, text_encoder = load_text_encoder(paths.text_encoder, self.device, self.dtype)
             text = LTX2InContextPipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
                                          tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
             negative = job.negative_prompt if job.negative_prompt is not None else NEGATIVE_PROMPT
@@ -177,11 +192,11 @@ class LtxGenerator:
             # 2. the denoising models, LoRAs fused
             self.phases.begin("load", len(LOADED))
             loaded = []
-            parts = load_components(checkpoint, header, "cpu" if job.low_vram else self.device, self.dtype,
+            parts = load_components(paths.checkpoint, paths.header, "cpu" if job.low_vram else self.device, self.dtype,
                                     on_loaded=lambda name: (loaded.append(name), self.phases.step(len(loaded))))
             pipe = denoising_pipeline(parts, tokenizer)
             del parts
-            _apply_loras(pipe, ic_lora, distilled, job.lora_strength)
+            _apply_loras(pipe, paths.ic_lora, paths.distilled_lora, job.lora_strength)
             if job.low_vram:
                 _low_vram(pipe, self.device, self.dtype)
             pipe.vae.enable_tiling()
@@ -189,9 +204,9 @@ class LtxGenerator:
             self.roll = seam.LatentRoll(pipe.transformer, self.downscale)
             self.pipe = pipe
 
-    def generate(self, window, frames: np.ndarray, condition: np.ndarray | None, seed: int) -> np.ndarray:
+    def generate(self, window, frames: np.ndarray, condition: np.ndarray | None, seed: int) -> Iterator[np.ndarray]:
         """``frames``: the window's reference [length, H, W, 3]; ``condition``: the previous window's output
-        over the shared frames, pinned at the window's start. Returns the window's frames."""
+        over the shared frames, pinned at the window's start. The window's frames, decoded."""
         phases = self.phases
         with _out_of_memory_is_an_error(phases, self.device):
             self._models_to(self.device)
@@ -207,7 +222,7 @@ class LtxGenerator:
             phases.step(1)
             del latents
             _free(self.device)
-        return video[:window.frames]
+        return iter(video[:window.frames])
 
     def _make_room_for_decode(self) -> None:
         """The tiled decode runs beside the denoising models when the GPU has DECODE_HEADROOM_GB free;
@@ -228,7 +243,7 @@ class LtxGenerator:
                 getattr(self.pipe, name).to(device)
             _free(self.device)
 
-    def report(self) -> dict:
+    def report(self) -> GeneratorReport:
         import torch
         peak = _gb(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
         if peak is not None:

@@ -4,8 +4,7 @@ it, report events.
 
 A clip longer than one model window is made in overlapping windows (:mod:`blender_equi360.jobs.windows`),
 each written to the job folder as soon as it is done, so a job that dies halfway continues where it
-stopped when it is run again. A backend is a *generator*: ``prepare()`` once (load the models), then
-``generate(window, reference_frames, condition, seed)`` per window, returning the window's frames.
+stopped when it is run again. The backends are generators of windows (:mod:`engine.generators`).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from .deliver import deliver, placement_with_source
 from .device import has_device
 from .protocol_io import Channel, EngineError
 
+GENERATORS = {"draft": draft.DraftGenerator, "ltx": ltx.LtxGenerator}  # backend → its generator (generators.py)
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -170,8 +170,7 @@ def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
     with job_lock(job_dir):
         remove_partials(job_dir)
         check_inputs(job_dir, job)
-        generator = draft.DraftGenerator(job_path(job_dir, job.mask), channel) if backend == "draft" \
-            else ltx.LtxGenerator(job_dir, job, channel)
+        generator = GENERATORS[backend](job_dir, job, channel)
         try:
             manifest = make_windows(job_dir, job, backend, generator, channel)
         finally:

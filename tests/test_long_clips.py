@@ -292,7 +292,7 @@ def test_each_window_is_pinned_to_the_previous_windows_frames(long_reference, mo
     reference = runner.window_reference(job_dir / "reference.mkv", window)
     condition = np.random.default_rng(0).integers(0, 256, (window.overlap, 64, 128, 3), dtype=np.uint8)
     for seed in (1, 2):
-        video = generator.generate(window, reference, condition, seed)
+        video = np.stack(list(generator.generate(window, reference, condition, seed)))
         assert video.shape == (window.frames, 64, 128, 3)
     generator.close()
     pinned = (window.overlap - 1) // 8 + 1  # latent frames that hold the 9 shared frames

@@ -6,11 +6,15 @@ The engine writes one JSON object per line on stdout and nothing else there; log
 * ``{"event": "progress", "stage": str, "step": int, "total": int, "eta_s": float | null}``, with
   ``"window": int, "windows": int`` (1-based) while a window of a longer clip is being made
 * ``{"event": "log", "message": str}``
-* ``{"event": "warning", "code": str, "message": str}``
+* ``{"event": "warning", "code": str, "message": str}``, ``code`` one of ``WARNING_CODES``
 * ``{"event": "error", "code": str, "message": str}``: the run failed; the process exits with
   ``EXIT_CODES[code]``
-* ``{"event": "done", "outputs": {name: path}, "seconds": float, "peak_vram_gb": float | null,
-  "backend": str, "draft": bool}``
+* ``{"event": "done", "outputs": {"video": path}, "seconds": float, "backend": str, "draft": bool,
+  "peak_vram_gb": float | null, "memory_plan_gb": {"text_gb", "denoise_gb", "decode_gb": float} | null}``
+  (the last two are the backend's report: the GPU memory it measured and planned; null for the draft)
+
+The client (:mod:`.engine_process`) reports an engine that dies without an ``error`` as the error
+``crashed`` (``CLIENT_CODES``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ EXIT_CODES = {
     "permission_denied": 22,
 }
 EVENTS = ("progress", "log", "warning", "error", "done")
+WARNING_CODES = {
+    "draft_fallback": "no CUDA GPU or model files for backend auto: a labelled draft is made instead",
+    "steps_ignored": "the fast preset has a fixed schedule: the job's steps are not used",
+}
+CLIENT_CODES = {"crashed": "the engine ended without an error event (killed, or a fault in its Python)"}
 
 
 def event_line(event: str, **fields: Any) -> str:
