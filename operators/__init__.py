@@ -4,13 +4,13 @@
 import bpy
 
 from ..blender_equi360.jobs.engine_process import kill_all
+from .convert import EQUI360_OT_convert
 from .farm import EQUI360_OT_submit_to_flamenco
 from .ops import (
     EQUI360_OT_add_preview_camera,
     EQUI360_OT_add_strip,
     EQUI360_OT_build_reference,
     EQUI360_OT_check_engine,
-    EQUI360_OT_convert,
     EQUI360_OT_load_world,
     EQUI360_OT_show_preview,
 )

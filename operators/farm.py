@@ -9,9 +9,10 @@ import bpy
 
 from ..blender_equi360 import Equi360Error
 from ..blender_equi360.farm import flamenco
-from .compat import sequencer_scene as scene_of
-from .ops import prepare_job, strips_to_convert
+from .compat import sequencer_scene
+from .job_setup import prepare_job, strips_to_convert
 from .preferences import preferences
+from .reports import REPORTED, report_error
 
 
 class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
@@ -23,10 +24,10 @@ class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):  # a local conversion reads the scene's job state when it ends
-        return not scene_of(context).equi360.running
+        return not sequencer_scene(context).equi360.running
 
     def execute(self, context):
-        prefs, scene = preferences(context), scene_of(context)
+        prefs, scene = preferences(context), sequencer_scene(context)
         state = scene.equi360
         last_job = {key: getattr(state, key) for key in ("job_dir", "heading_deg", "source_channel", "source_start")}
         job_dirs = []
@@ -39,13 +40,12 @@ class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
             name = f"{Path(bpy.data.filepath).stem or 'untitled'}: {', '.join(s.name for s in strips)}"[:100]
             job_id = flamenco.submit(url, job_dirs, name, info=info, worker_tag=prefs.flamenco_worker_tag,
                                      metadata={"blendfile": bpy.data.filepath, "shots": len(job_dirs)})
-        except (Equi360Error, OSError) as err:
+        except REPORTED as err:
             for job_dir in job_dirs:  # nothing half-submitted is left on the farm's storage
                 shutil.rmtree(job_dir, ignore_errors=True)
             for key, value in last_job.items():
                 setattr(state, key, value)
-            self.report({"ERROR"}, str(err))
-            return {"CANCELLED"}
+            return report_error(self, err)
         state.status = f"Flamenco job {job_id}: {len(job_dirs)} shot(s) queued"
         self.report({"INFO"}, f"{state.status}; {flamenco.job_page(url, job_id)}")
         return {"FINISHED"}

@@ -8,6 +8,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
+from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.delivery_settings import SIZES, DeliverySettings
 from ..blender_equi360.jobs.windows import MAX_WINDOW, MIN_OVERLAP, MIN_WINDOW, OVERLAP_FRAMES, WINDOW_FRAMES
 
@@ -121,14 +122,23 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
 
 
 def check_engine(prefs, job_dir=None) -> dict:
-    """``python -m engine check`` in the engine's Python, as a dict (raises OSError/ValueError)."""
+    """``python -m engine check`` in the engine's Python, as a dict; Equi360Error says why it could not run."""
     if not prefs.engine_python:
-        raise ValueError("set the engine's Python in the add-on preferences")
-    command = [bpy.path.abspath(prefs.engine_python), "-m", "engine", "check"] + ([str(job_dir)] if job_dir else [])
-    run = subprocess.run(command, cwd=ADDON_ROOT, capture_output=True, text=True, timeout=120)
+        raise Equi360Error("set the engine's Python in the add-on preferences")
+    python = bpy.path.abspath(prefs.engine_python)
+    command = [python, "-m", "engine", "check"] + ([str(job_dir)] if job_dir else [])
+    try:
+        run = subprocess.run(command, cwd=ADDON_ROOT, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise Equi360Error(f"could not run the engine's Python {python!r} ({err}): set the engine's Python to the "
+                           "interpreter of the engine's environment") from None
     if run.returncode != 0:
-        raise ValueError(f"the engine check failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.returncode}")
-    return json.loads(run.stdout)
+        last = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit status {run.returncode}"
+        raise Equi360Error(f"the engine check failed: {last}")
+    try:
+        return json.loads(run.stdout)
+    except json.JSONDecodeError:
+        raise Equi360Error(f"{python!r} is not the engine's Python: its check printed no report") from None
 
 
 def summarize_check(report: dict) -> str:

@@ -3,7 +3,7 @@
 
 import bpy
 
-from .compat import sequencer_scene as scene_of
+from .compat import sequencer_scene
 
 
 def _progress(layout, state):
@@ -20,7 +20,7 @@ class EQUI360_PT_sequencer(bpy.types.Panel):
     bl_category = "Equi360"
 
     def draw(self, context):
-        layout, state = self.layout, scene_of(context).equi360
+        layout, state = self.layout, sequencer_scene(context).equi360
         layout.operator("equi360.convert", icon="WORLD")
         layout.operator("equi360.build_reference", icon="IMAGE_REFERENCE")
         layout.operator("equi360.submit_to_flamenco", icon="NETWORK_DRIVE")
@@ -40,7 +40,7 @@ class EQUI360_PT_world(bpy.types.Panel):
     bl_context = "world"
 
     def draw(self, context):
-        layout, state = self.layout, scene_of(context).equi360
+        layout, state = self.layout, sequencer_scene(context).equi360
         layout.prop(state, "job_dir")
         layout.prop(state, "heading_deg")
         _progress(layout, state)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -270,3 +272,18 @@ def output_path(job_dir, job: Job) -> Path:
 def delivered_path(job_dir, job: Job) -> Path:
     """The delivered video's path: ``output``, with ``_360`` added when the job asks for it."""
     return job.delivery.video_path(output_path(job_dir, job))
+
+
+def new_job_folder(root: Path, name: str) -> Path:
+    """A new, empty job folder under ``root`` named after ``name`` (a strip's) and the time: names sort by
+    age and never collide."""
+    stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}_{time.strftime('%Y%m%d-%H%M%S')}"
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        job_dir = root / (stem if n == 1 else f"{stem}_{n}")
+        try:
+            job_dir.mkdir()
+            return job_dir
+        except FileExistsError:
+            continue
+    raise Equi360Error(f"{root}: could not make a new job folder (a thousand named {stem} already exist)")

@@ -269,3 +269,24 @@ def load_placement(reference_video) -> Placement:
                            "with this version)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise Equi360Error(f"{path}: damaged placement record ({err})") from None
+
+
+def unfinished_job(root: Path, job, source: Path, settings: ReferenceSettings) -> Path | None:
+    """A job folder under ``root`` that the same conversion (the same job, source and reference settings)
+    left half-made (Blender or the engine was killed): converting again continues it from its last finished
+    window instead of starting over. The newest such folder, or None."""
+    from ..jobs.job import delivered_path, load_job
+    from ..jobs.windows import MANIFEST_FILE
+
+    for folder in sorted((p.parent for p in root.glob(f"*/{MANIFEST_FILE}")), reverse=True):  # names end in a time
+        try:
+            if load_job(folder) != job or delivered_path(folder, job).exists():
+                continue
+            placement = load_placement(folder / job.reference)
+        except Equi360Error:
+            continue
+        if (placement.source.resolve() == source.resolve() and placement.camera == settings.camera
+                and placement.frames == settings.frames and abs(placement.fps - settings.fps) < 1e-6
+                and abs(placement.start_s - settings.start_s) < 1e-6 and (folder / job.mask).is_file()):
+            return folder
+    return None

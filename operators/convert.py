@@ -1,0 +1,150 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``equi360.convert``: the selected movie strips to 360° videos, one after the other, by the engine as a
+subprocess: modal with a timer when Blender has a UI (progress in the status bar, Esc cancels), blocking in
+background mode, where timers and modal handlers never run."""
+
+import os
+
+import bpy
+
+from ..blender_equi360.jobs.engine_process import EngineProcess
+from . import compat
+from .compat import sequencer_scene
+from .job_setup import prepare_job, show_result, strips_to_convert
+from .preferences import ADDON_ROOT, preferences
+from .reports import REPORTED, report_error
+
+TIMER_S = 0.1
+
+
+class EQUI360_OT_convert(bpy.types.Operator):
+    """Convert the selected movie strips (or the active one) to 360° videos with the engine, one after
+    the other"""
+    bl_idname = "equi360.convert"
+    bl_label = "Convert to 360°"
+    bl_options = {"REGISTER"}
+
+    _process = None  # the EngineProcess while running
+    _timer = None
+    _queue = ()      # names of the strips still to convert
+    _failed = False
+
+    @classmethod
+    def poll(cls, context):
+        return not sequencer_scene(context).equi360.running
+
+    def _queue_strips(self, context) -> bool:
+        if not preferences(context).engine_python:
+            self.report({"ERROR"}, "the engine is not configured: set the engine's Python in the add-on preferences")
+            return False
+        try:
+            self._queue = [s.name for s in strips_to_convert(sequencer_scene(context))]
+        except REPORTED as err:
+            report_error(self, err)
+            return False
+        return True
+
+    def _start_next(self, context) -> bool:
+        """Prepare and start the next strip's job; False when the queue is empty or the strip failed."""
+        scene, prefs = sequencer_scene(context), preferences(context)
+        while self._queue:
+            name, self._queue = self._queue[0], self._queue[1:]
+            try:
+                job_dir = prepare_job(context, self, compat.strips(scene.sequence_editor, everything=True)[name])
+                self._process = EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
+                                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            except REPORTED as err:
+                report_error(self, err, f"{name}: ")
+                self._failed = True
+                continue
+            state = scene.equi360
+            state.running, state.progress, state.status = True, 0.0, f"{name}: starting the engine"
+            return True
+        return False
+
+    def execute(self, context):  # background mode and scripts: block until the engines end
+        if not self._queue_strips(context):
+            return {"CANCELLED"}
+        while self._start_next(context):
+            final = self._process.wait(lambda event: self._on_event(context, event))
+            self._finish(context, final)
+            if final and final.get("code") == "cancelled":
+                break
+        return {"CANCELLED"} if self._failed else {"FINISHED"}
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        if not (self._queue_strips(context) and self._start_next(context)):
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 1000)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            sequencer_scene(context).equi360.status = "cancelling…"
+            self._process.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        for item in self._process.poll():
+            self._on_event(context, item)
+        if not self._process.finished:
+            return {"PASS_THROUGH"}
+        final = self._process.final_event
+        self._finish(context, final)
+        if not (final and final.get("code") == "cancelled") and self._start_next(context):
+            return {"PASS_THROUGH"}
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        context.workspace.status_text_set(None)
+        return {"CANCELLED"} if self._failed else {"FINISHED"}
+
+    def cancel(self, context):  # Blender closing the operator (file load, quit): never leave the engine
+        if self._process and not self._process.finished:
+            self._process.kill()
+        sequencer_scene(context).equi360.running = False
+
+    def _on_event(self, context, event: dict) -> None:
+        state = sequencer_scene(context).equi360
+        kind = event["event"]
+        if kind == "progress" and event.get("total"):
+            state.progress = event["step"] / event["total"]
+            if event.get("windows", 1) > 1:  # the bar covers the whole clip, window after window
+                state.progress = (event["window"] - 1 + state.progress) / event["windows"]
+            eta = f", {event['eta_s']:.0f} s left" if event.get("eta_s") is not None else ""
+            window = f"window {event['window']}/{event['windows']}: " if event.get("windows", 1) > 1 else ""
+            state.status = f"{window}{event['stage']} {event['step']}/{event['total']}{eta}"
+            if not bpy.app.background:
+                context.window_manager.progress_update(int(state.progress * 1000))
+                context.workspace.status_text_set(f"Equi360: {state.status} (Esc cancels)")
+                for area in context.screen.areas:
+                    area.tag_redraw()
+        elif kind == "warning":
+            self.report({"WARNING"}, event["message"])
+        elif kind == "log" and bpy.app.background:
+            print(f"equi360: {event['message']}")
+
+    def _finish(self, context, final: dict | None) -> None:
+        """One job ended: show its result, or report why not."""
+        state = sequencer_scene(context).equi360
+        state.running = False
+        if final is None or final["event"] == "error":
+            code = final["code"] if final else "crashed"
+            message = final["message"] if final else "the engine ended without a result"
+            state.status = f"[{code}] {message}"
+            self.report({"WARNING"} if code == "cancelled" else {"ERROR"}, f"Equi360 [{code}]: {message}")
+            self._failed = True
+            return
+        video = final["outputs"]["video"]
+        try:
+            show_result(context, video)
+        except REPORTED as err:
+            report_error(self, err)
+            self._failed = True
+            return
+        state.progress, state.status = 1.0, ("DRAFT " if final.get("draft") else "") + f"done: {video}"
+        self.report({"INFO"}, f"360° video: {video}" + (" (a draft: no model was run)" if final.get("draft") else ""))

@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""From what the user set up in Blender to a job folder: the strips to convert, the job the preferences ask
+for, its reference, and the result brought back into the scene."""
+
+import shutil
+from pathlib import Path
+
+import bpy
+
+from ..blender_equi360 import ReferenceSettings, build_reference
+from ..blender_equi360.jobs.job import PREFERENCE_FIELDS, job_from_preferences, new_job_folder, save_job
+from ..blender_equi360.jobs.timing import round_up_frame_count
+from ..blender_equi360.stages.reference import unfinished_job
+from . import compat, scene_read, world
+from .compat import sequencer_scene
+from .preferences import PACKAGE, preferences
+
+
+def job_root(prefs) -> Path:
+    """Where the job folders go: the preferences' output folder, or the extension's own."""
+    if prefs.output_dir:
+        return Path(bpy.path.abspath(prefs.output_dir))
+    return Path(bpy.utils.extension_path_user(PACKAGE, path="jobs", create=True))
+
+
+def strips_to_convert(scene) -> list:
+    """The selected movie strips, in timeline order; without a selection, the active strip."""
+    editor = scene.sequence_editor
+    selected = [s for s in compat.strips(editor, everything=True) if s.select and s.type == "MOVIE"] if editor else []
+    if selected:
+        return sorted(selected, key=lambda s: (compat.strip_start(s), s.channel))
+    return [scene_read.active_movie_strip(scene)]
+
+
+def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
+    """Read the strip and camera, build the masked reference into a new job folder (under ``root``, by
+    default the preferences' output folder), write job.json. Records the job in ``scene.equi360``.
+    Raises Equi360Error with a message for the user."""
+    scene, prefs = sequencer_scene(context), preferences(context)
+    source = scene_read.read_strip(scene, strip)
+    pose, warnings = scene_read.read_camera(scene, source)
+    for warning in warnings:
+        operator.report({"WARNING"}, warning)
+    # The whole shown span at the file's own rate: the 360° video gets the strip's frames and timing
+    # (the engine makes a longer span in windows).
+    shown = max(source.timeline_frames, 1)
+    models = {name: bpy.path.abspath(getattr(prefs, name)) or None
+              for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")}
+    job = job_from_preferences({name: getattr(prefs, name) for name in PREFERENCE_FIELDS}, models, shown)
+    settings = ReferenceSettings(camera=pose.camera, frames=round_up_frame_count(shown),
+                                 fps=source.fps, start_s=source.start_s)
+    root = root or job_root(prefs)
+    job_dir = unfinished_job(root, job, Path(source.filepath), settings)
+    if job_dir:
+        operator.report({"INFO"}, f"{strip.name}: continuing the unfinished job in {job_dir}")
+    else:
+        job_dir = new_job_folder(root, strip.name)
+        try:
+            build_reference(source.filepath, job_dir / "reference.mkv", job_dir / "mask.mkv", settings)
+            save_job(job_dir, job)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+    state = scene.equi360
+    state.job_dir, state.heading_deg = str(job_dir), pose.heading_deg
+    state.source_channel, state.source_start = source.channel, source.timeline_start
+    return job_dir
+
+
+def show_result(context, video: str) -> None:
+    """The engine's result as the world, a preview camera, and a strip above the source."""
+    scene, state = sequencer_scene(context), sequencer_scene(context).equi360
+    world.load_world(scene, video, state.heading_deg, state.source_start)
+    world.add_preview_camera(scene)
+    world.add_strip(scene, video, state.source_channel, state.source_start)

@@ -1,0 +1,25 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""How an operator tells the user what went wrong: one ERROR report with the message (the core's errors
+say what was wrong and what to do), and the operator cancelled, leaving nothing half-made."""
+
+import functools
+
+from ..blender_equi360 import Equi360Error
+
+REPORTED = (Equi360Error, OSError)  # what users can act on; anything else is a bug and keeps its traceback
+
+
+def report_error(operator, err: Exception | str, prefix: str = "") -> set:
+    operator.report({"ERROR"}, f"{prefix}{err}")
+    return {"CANCELLED"}
+
+
+def reports_errors(execute):
+    """An operator's ``execute`` whose Equi360Error or OSError becomes the report, and CANCELLED."""
+    @functools.wraps(execute)
+    def run(self, context):
+        try:
+            return execute(self, context)
+        except REPORTED as err:
+            return report_error(self, err)
+    return run
