@@ -1,7 +1,7 @@
 # Equi360 developer commands. Each target creates .venv/ (pinned, requirements.txt) when needed.
 #   make demo      the sample city clip → its 360° reference → a draft 360° video, in out/demo/
 #   make demo-ltx  the same clip through the real LTX-2.3 code path on a tiny random-weight model (CPU)
-#   make test      run the whole test suite
+#   make test      lint (ruff, pyproject.toml) and run the whole test suite
 #   make extension the installable zips, one per platform, with PyAV's wheel (dist/)
 #   make bench     run the benchmarks (results: docs/BENCHMARKS.md, docs/QUALITY.md); make bench-gpu on a CUDA machine
 
@@ -37,7 +37,7 @@ demo-ltx: $(INSTALLED)
 	@mkdir -p out/demo-ltx
 	$(PY) -m blender_equi360 reference samples/build/city_flat.mp4 -o out/demo-ltx/reference.mkv \
 		--mask out/demo-ltx/mask.mkv --hfov 100 --size 256x128 --frames 17 -q
-	$(PY) -c "from blender_equi360.jobs.job import Job, ModelFiles, save_job; save_job('out/demo-ltx', Job( \
+	$(PY) -c "from blender_equi360.jobs.job import Job, ModelFiles, save_job; save_job('out/demo-ltx', Job.from_fields( \
 		reference='reference.mkv', mask='mask.mkv', backend='ltx', steps=4, delivery_size='512x256', models=ModelFiles( \
 		checkpoint='../tiny-models/ltx-2.3-tiny.safetensors', text_encoder='../tiny-models/gemma-3-tiny', \
 		ic_lora='../tiny-models/ic-lora-tiny.safetensors')))"
@@ -50,6 +50,7 @@ $(LTS_INSTALLED): requirements-lts.txt
 	touch $@
 
 test: $(INSTALLED) $(LTS_INSTALLED)
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 bench: $(INSTALLED)

@@ -27,7 +27,6 @@ import gc
 import importlib.metadata
 import json
 import platform
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from blender_equi360.jobs.job import Job  # noqa: E402
+from common import write_section  # noqa: E402
 from engine import ltx, recipes, tiny  # noqa: E402
 from engine.configs import LTX23_CONFIGS  # noqa: E402
 from engine.models import LOADED, component_class  # noqa: E402
@@ -171,13 +171,6 @@ def table(rows: list[dict], machine: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    doc = DOC.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-    DOC.write_text(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny configs")
@@ -189,7 +182,7 @@ def main() -> None:
     text = table(rows, machine)
     print(text)
     if args.write and not args.tiny:
-        write_section(text)
+        write_section(DOC, text, "Benchmarks")
 
 
 if __name__ == "__main__":

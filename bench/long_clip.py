@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import replace_section  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "long"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -92,7 +93,8 @@ def engine_worker(clip: str) -> None:
     job_dir.mkdir()
     build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
                     ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=None))
-    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="1024x512"))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                      delivery_size="1024x512"))
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, capture_output=True,
                          text=True)
@@ -118,7 +120,8 @@ def table(rows) -> str:
              f"`.venv/bin/python bench/long_clip.py --write` — {platform.machine()}, {os.cpu_count()} cores, "
              f"{datetime.date.today().isoformat()}: the reference (1920×960, h264rgb lossless) of a synthetic "
              "1920×1080 24 fps H.264 clip, the whole clip, each in a fresh process.", "",
-             "| clip | frames | build time | per frame | peak RSS (VmHWM) | reference file |", "|---|---|---|---|---|---|"]
+             "| clip | frames | build time | per frame | peak RSS (VmHWM) | reference file |",
+             "|---|---|---|---|---|---|"]
     for seconds, r in rows:
         lines.append(f"| {seconds // 60} min {seconds % 60} s | {r['frames']} | {r['seconds']:.0f} s | "
                      f"{1000 * r['seconds'] / r['frames']:.1f} ms | {r['peak_rss'] / MB:.0f} MB "
@@ -141,11 +144,6 @@ def engine_table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(doc: str, section: str, text: str) -> str:
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    return pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true")
@@ -161,11 +159,11 @@ def main() -> None:
     if args.only != "engine":
         rows = [(seconds, measure(make_clip(seconds))) for seconds in LENGTHS_S]
         print(text := table(rows), flush=True)
-        doc = replace_section(doc, SECTION, text)
+        doc = replace_section(doc, text)
     if args.only != "reference":
         rows = [(seconds, measure(make_clip(seconds), "--engine-worker")) for seconds in ENGINE_LENGTHS_S]
         print(text := engine_table(rows), flush=True)
-        doc = replace_section(doc, ENGINE_SECTION, text)
+        doc = replace_section(doc, text)
     if args.write:
         DOC.write_text(doc)
 

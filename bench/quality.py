@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,16 +31,13 @@ sys.path.insert(0, str(ROOT))
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference  # noqa: E402
 from blender_equi360.jobs.delivery_settings import DeliverySettings  # noqa: E402
 from blender_equi360.jobs.job import Job, ModelFiles, save_job  # noqa: E402
-from blender_equi360.media.video import (
-    LosslessVideoWriter,  # noqa: E402
-    read_frames,  # noqa: E402
-    resize,  # noqa: E402
-)
+from blender_equi360.media.video import LosslessVideoWriter, read_frames, resize  # noqa: E402
 from blender_equi360.quality.metrics import psnr  # noqa: E402
 from blender_equi360.quality.score import format_report, score  # noqa: E402
 from blender_equi360.stages import delivery as delivery_module  # noqa: E402
 from blender_equi360.stages.finish import finish  # noqa: E402
 from blender_equi360.stages.reference import load_placement  # noqa: E402
+from common import write_section  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "quality"
 DOC = ROOT / "docs" / "QUALITY.md"
@@ -61,7 +57,8 @@ def run_job(name: str, clip: Path, hfov: float, backend: str, models: dict | Non
     job_dir.mkdir(parents=True, exist_ok=True)
     if not (job_dir / "reference.json").exists():
         build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv", ReferenceSettings(camera=Camera(hfov)))
-    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend=backend, delivery_size=DELIVERY,
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend=backend,
+                                      delivery_size=DELIVERY,
                           models=ModelFiles(**(models or {}))))
     run = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], cwd=ROOT, capture_output=True,
                          text=True)
@@ -111,7 +108,8 @@ def plate_case(flat: str, delivery: str) -> dict:
     job_dir.mkdir(parents=True, exist_ok=True)
     build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
                     ReferenceSettings(camera=Camera(100), frames=1 + 8 * ((PLATE_FRAMES + 6) // 8)))
-    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size=delivery))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                      delivery_size=delivery))
     placement = load_placement(job_dir / "reference.mkv")
     mask = next(read_frames(job_dir / "mask.mkv", "gray"))
     generated = list(read_frames(job_dir / "reference.mkv"))[:PLATE_FRAMES]
@@ -149,14 +147,6 @@ def plates_table(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    heading = text.split("\n", 1)[0]
-    doc = DOC.read_text() if DOC.exists() else "# Quality\n\n"
-    pattern = re.compile("^" + re.escape(heading) + r"\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
-    DOC.write_text(doc)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true")
@@ -166,7 +156,7 @@ def main() -> None:
         text = plates_table([(case, plate_case(*case)) for case in PLATE_CASES])
         print(text)
         if args.write:
-            write_section(text)
+            write_section(DOC, text, "Quality")
         return
     clip, truth, city = sample()
     backends = [("draft", None)]
@@ -184,7 +174,7 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(DOC, text, "Quality")
 
 
 def table(rows) -> str:
@@ -193,7 +183,8 @@ def table(rows) -> str:
              f"{'' if len(rows) == 1 else ' (LTX on CUDA)'}, "
              f"{datetime.date.today().isoformat()}: `samples/make_city.py`'s clip (1280×536, 121 frames, HFOV "
              f"100°), reference 1920×960, delivered {DELIVERY}.", "",
-             "| backend | plate PSNR min (≥ 40) | plate SSIM min | seam ratio max (≤ 1.2) | pole row spread top / bottom | "
+             "| backend | plate PSNR min (≥ 40) | plate SSIM min | seam ratio max (≤ 1.2) "
+             "| pole row spread top / bottom | "
              "cap ring top / bottom | tone drift +30°…0° band | plate flicker | generated vs truth PSNR |",
              "|---|---|---|---|---|---|---|---|---|"]
     for backend, r in rows:

@@ -47,6 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from any folder
 
+from common import write_section  # noqa: E402
+
 OUT = ROOT / "bench" / "out"          # git-ignored
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 SRC_W, SRC_H, FPS, FRAMES = 1920, 804, 24, 121
@@ -167,7 +169,7 @@ def measure_decode(source: str, repeats: int) -> dict:
 def _plate_setup(source: str, canvas: tuple[int, int]):
     """What build_reference derives before its frame loop: picture, plate window, prefiltered size."""
     from blender_equi360.geometry.camera import Camera
-    from blender_equi360.geometry.projection import Window, prefiltered_plate_size
+    from blender_equi360.geometry.projection import PlateCrop, prefiltered_plate_size
     from blender_equi360.jobs.canvas import CanvasSize
     from blender_equi360.media.video import detect_picture, probe
     from blender_equi360.stages.reference import plate_crop
@@ -175,7 +177,7 @@ def _plate_setup(source: str, canvas: tuple[int, int]):
     info = probe(source)
     picture = detect_picture(info)
     cx, cy, cw, ch = plate_crop(picture, "center")
-    window = Window(cx, cy, cw, ch, picture.width, picture.height)
+    window = PlateCrop(cx, cy, cw, ch, picture.width, picture.height)
     camera, size = Camera(hfov_deg=HFOV_DEG), CanvasSize(*canvas)
     crop = (picture.x + cx, picture.y + cy, cw, ch)
     return camera, window, size, crop, prefiltered_plate_size(camera, window, size)
@@ -712,15 +714,6 @@ def document(results: dict, table: str) -> str:
     ])
 
 
-def update_doc(section: str) -> None:
-    """Replace the "Reference builder" section of docs/BENCHMARKS.md (or add it), keeping the others."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Reference builder\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text.rstrip() + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="update docs/BENCHMARKS.md")
@@ -742,7 +735,7 @@ def main() -> None:
     section = document(results, render(results))
     print(section)
     if args.write:
-        update_doc(section)
+        write_section(DOC, section, "Benchmarks")
         log(f"updated {DOC.relative_to(ROOT)}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -10,7 +11,7 @@ import time
 from .geometry.camera import Camera
 from .jobs.canvas import CanvasSize
 from .jobs.errors import Equi360Error
-from .media.video import CODECS, DEFAULT_CODEC
+from .media.video import DEFAULT_LOSSLESS_CODEC, LOSSLESS_CODECS
 from .stages.reference import CROPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
 
 EXIT_USAGE = 2  # argparse's own code for bad arguments
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="where in the clip to start")
     ref.add_argument("--feather", type=float, default=0.0, metavar="PX", help="inward feather of the plate edge")
     ref.add_argument("--no-letterbox", action="store_true", help="don't detect and remove letterbox bars")
-    ref.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC, help="lossless codec")
+    ref.add_argument("--codec", choices=sorted(LOSSLESS_CODECS), default=DEFAULT_LOSSLESS_CODEC, help="lossless codec")
     ref.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     ref.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sc = sub.add_parser("score", help="measure a 360° output: plate round trip, seam, poles, tone, flicker",
@@ -155,6 +156,16 @@ def _preview(args) -> int:
     return 0
 
 
+def _os_error(err: OSError) -> str:
+    """What the system refused, in the user's terms."""
+    where = err.filename or "a file"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no room left to write {where}: free some space and run it again"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"not allowed to write {where} ({err.strerror}): choose a folder you can write to"
+    return f"{where}: {err.strerror or err}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as err:  # disk full, permissions changing under us, ...
-        print(f"error: could not write the output: {err}", file=sys.stderr)
+        print(f"error: {_os_error(err)}", file=sys.stderr)
         return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print("interrupted: no output written", file=sys.stderr)

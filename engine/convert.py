@@ -209,13 +209,3 @@ def split_checkpoint(keys) -> dict[str, dict[str, str]]:
 def to_checkpoint(component: str, state_dict: dict) -> dict:
     """A component's diffusers state dict with single-file key names."""
     return {key_to_checkpoint(component, k): v for k, v in state_dict.items()}
-
-
-def transformer_state_dict(checkpoint: dict) -> dict:
-    """The diffusers transformer's state dict from a single-file checkpoint's tensors."""
-    return {k: checkpoint[v] for k, v in split_checkpoint(checkpoint)["transformer"].items()}
-
-
-def connectors_state_dict(checkpoint: dict) -> dict:
-    """The diffusers text connectors' state dict from a single-file checkpoint's tensors."""
-    return {k: checkpoint[v] for k, v in split_checkpoint(checkpoint)["connectors"].items()}

@@ -88,13 +88,11 @@ def check_lora(path: Path, what: str = "IC-LoRA") -> tuple[Header, int]:
     if not all(k.startswith(("diffusion_model.", "transformer.", "text_embedding_projection.")) for k in lora_keys):
         raise EngineError("wrong_lora", f"{path} is a LoRA for another model (keys like {lora_keys[0]!r}): "
                                         f"choose the LTX-2.3 {what}")
-    factor = header.metadata.get("reference_downscale_factor", "1")
-    try:
-        factor = int(factor)
-        assert factor >= 1
-    except (ValueError, AssertionError):
-        raise EngineError("wrong_lora", f"{path}: reference_downscale_factor {factor!r} in its metadata is not "
-                                        "a positive integer") from None
+    recorded = header.metadata.get("reference_downscale_factor", "1")
+    factor = int(recorded) if str(recorded).strip().isdigit() else 0
+    if factor < 1:
+        raise EngineError("wrong_lora", f"{path}: reference_downscale_factor {recorded!r} in its metadata is not "
+                                        "a positive integer")
     return header, factor
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import bpy
-
 
 def sequencer_scene(context):
     """5.0 edits the sequencer of the workspace's ``sequencer_scene``, which may differ from the scene."""
@@ -24,20 +22,9 @@ def strip_start(strip) -> int:
     return int(handle if handle is not None else strip.frame_final_start)
 
 
-def eevee_id() -> str:
-    return "BLENDER_EEVEE" if bpy.app.version >= (5, 0, 0) else "BLENDER_EEVEE_NEXT"
-
-
 def world_node_tree(world):
     """4.x worlds have no node tree until ``use_nodes``; 5.0 has one from creation and deprecates the flag."""
     if world.node_tree is None:
         world.use_nodes = True
     return world.node_tree
 
-
-def set_video_output(scene) -> None:
-    """5.0 chooses the media type before the file format."""
-    settings = scene.render.image_settings
-    if hasattr(settings, "media_type"):
-        settings.media_type = "VIDEO"
-    settings.file_format = "FFMPEG"

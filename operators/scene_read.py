@@ -121,15 +121,17 @@ def _pose(scene, obj, source: StripSource):
     level_right = (math.sin(math.radians(heading)), -math.cos(math.radians(heading)), 0.0)
     level_up = _cross(level_right, forward)
     roll = math.degrees(math.atan2(_dot(right, level_up), _dot(right, level_right)))
-    camera = Camera(hfov_deg=min(max(hfov, MIN_HFOV_DEG + 0.1), MAX_HFOV_DEG - 0.1), pitch_deg=pitch, roll_deg=roll, shift_x=shift_x,
-                    shift_y=shift_y)
+    camera = Camera(hfov_deg=min(max(hfov, MIN_HFOV_DEG + 0.1), MAX_HFOV_DEG - 0.1), pitch_deg=pitch, roll_deg=roll,
+                    shift_x=shift_x, shift_y=shift_y)
     return CameraPose(camera, heading, tuple(obj.matrix_world.translation)), hfov, clip_aspect
 
 
 def _moved(a: CameraPose, b: CameraPose) -> bool:
     """More than a tenth of a degree of turn or zoom, a thousandth of the frame of shift, a millimetre of travel."""
-    turn = max(abs((a.heading_deg - b.heading_deg + 180) % 360 - 180), abs(a.camera.pitch_deg - b.camera.pitch_deg),
-               abs((a.camera.roll_deg - b.camera.roll_deg + 180) % 360 - 180), abs(a.camera.hfov_deg - b.camera.hfov_deg))
+    def angle(x, y):
+        return abs((x - y + 180) % 360 - 180)
+    turn = max(angle(a.heading_deg, b.heading_deg), abs(a.camera.pitch_deg - b.camera.pitch_deg),
+               angle(a.camera.roll_deg, b.camera.roll_deg), abs(a.camera.hfov_deg - b.camera.hfov_deg))
     shift = max(abs(a.camera.shift_x - b.camera.shift_x), abs(a.camera.shift_y - b.camera.shift_y))
     travel = max(abs(p - q) for p, q in zip(a.location, b.location))
     return turn > 0.1 or shift > 1e-3 or travel > 1e-3

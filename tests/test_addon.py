@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from conftest import ROOT, smooth_texture, write_clip
 
 PRELUDE = """
@@ -301,15 +302,18 @@ def test_check_engine_and_the_standalone_operators(tmp_path, clip, bpy_python):
         assert bpy.ops.equi360.load_world(filepath={str(video)!r}) == {{"FINISHED"}}  # again: replaces, no pile-up
         assert bpy.ops.equi360.add_strip(filepath={str(video)!r}) == {{"FINISHED"}}
         assert bpy.ops.equi360.add_preview_camera() == {{"FINISHED"}}
-        from bl_ext.test_repo.equi360.operators import compat
-        scene.render.engine = compat.eevee_id()
-        compat.set_video_output(scene)
+        scene.render.engine = "BLENDER_EEVEE" if bpy.app.version >= (5, 0, 0) else "BLENDER_EEVEE_NEXT"
+        if hasattr(scene.render.image_settings, "media_type"):  # 5.0 chooses the media type first
+            scene.render.image_settings.media_type = "VIDEO"
+        scene.render.image_settings.file_format = "FFMPEG"
         tree = scene.world.node_tree
         env = [n for n in tree.nodes if n.type == "TEX_ENVIRONMENT"]
         new = [s for s in scene.sequence_editor.strips_all if s.filepath == {str(video)!r}]
-        report(check=prefs.check_report, envs=len(env), images=len(bpy.data.images), names=[i.name for i in bpy.data.images],
+        report(check=prefs.check_report, envs=len(env), images=len(bpy.data.images),
+               names=[i.name for i in bpy.data.images],
                frame_start=env[0].image_user.frame_start, frames=env[0].image_user.frame_duration,
-               strip=[new[0].channel, new[0].frame_final_start], cameras=len([o for o in scene.objects if o.type == "CAMERA"]),
+               strip=[new[0].channel, new[0].frame_final_start],
+               cameras=len([o for o in scene.objects if o.type == "CAMERA"]),
                engine=scene.render.engine, file_format=scene.render.image_settings.file_format)
     """)
     assert "GPU:" in result["check"] and "Missing:" in result["check"]

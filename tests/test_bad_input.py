@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.errors import Equi360Error
 from blender_equi360.jobs.job import Job, check_job_folder
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
+from conftest import ROOT, copy_job_inputs, smooth_texture, write_clip
 
 
 @pytest.fixture(scope="module")

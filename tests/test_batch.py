@@ -4,15 +4,14 @@ job does not stop the others, and a second run skips what is done."""
 import subprocess
 import sys
 
-from conftest import ROOT, copy_job_inputs
-
 from blender_equi360.jobs.job import Job, save_job
+from conftest import ROOT, copy_job_inputs
 
 
 def job(folder, engine_reference, **fields):
     copy_job_inputs(engine_reference, folder)
-    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
-                         **fields))
+    save_job(folder, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                     delivery_size="512x256", **fields))
     return folder
 
 
@@ -34,8 +33,8 @@ def test_a_batch_runs_every_job_goes_on_after_a_failure_and_resumes(tmp_path, en
 
     again = batch(first, third)
     assert again.returncode == 0 and "batch: 0 done, 2 skipped, 0 failed" in again.stdout
-    save_job(third, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
-                        seed=4))  # a changed job runs again
+    save_job(third, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                    delivery_size="512x256", seed=4))  # a changed job runs again
     assert "batch: 1 done, 1 skipped, 0 failed" in batch(first, third).stdout
 
 

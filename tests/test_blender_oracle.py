@@ -15,13 +15,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CPU, ROOT, copy_job_inputs
 
 from blender_equi360.geometry.camera import Camera
 from blender_equi360.jobs.canvas import CanvasSize
 from blender_equi360.media.video import read_frames
 from blender_equi360.quality.metrics import mean_abs_error
 from blender_equi360.stages.reference import ReferenceSettings, build_reference
+from conftest import CPU, ROOT, copy_job_inputs
 
 CAMERA = Camera(hfov_deg=100.0, yaw_deg=30.0, pitch_deg=8.0, roll_deg=5.0)
 CANVAS = CanvasSize(1024, 512)
@@ -105,11 +105,10 @@ def test_the_engine_meets_the_quality_goals_on_the_rendered_city(oracle, backend
     """The whole engine (draft, and the real LTX pipeline on the tiny models) on the rendered city: the
     delivered plate is the source's at ≥ 40 dB, the draft is seamless, and its fill is closer to the true
     panorama than a black sky and ground would be."""
-    from conftest import run_engine
-
     from blender_equi360.jobs.job import Job, ModelFiles, save_job
     from blender_equi360.media.video import resize
     from blender_equi360.quality.score import score
+    from conftest import run_engine
     copy_job_inputs(oracle["dir"], tmp_path, mask="reference_mask.mkv")
     save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="reference_mask.mkv", backend=backend, steps=2,
                            delivery_size="2048x1024", models=ModelFiles(**models)))

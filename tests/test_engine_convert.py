@@ -7,14 +7,23 @@ import torch
 from engine.convert import (
     TRANSFORMER_PREFIX,
     connector_key_to_checkpoint,
-    connectors_state_dict,
+    split_checkpoint,
     transformer_key_to_checkpoint,
     transformer_key_to_diffusers,
-    transformer_state_dict,
 )
 from engine.tiny import configs
 
 TRANSFORMER, CONNECTORS = configs()["transformer"], configs()["connectors"]
+
+
+def transformer_state_dict(checkpoint: dict) -> dict:
+    """The diffusers transformer's state dict from a single-file checkpoint's tensors."""
+    return {k: checkpoint[v] for k, v in split_checkpoint(checkpoint)["transformer"].items()}
+
+
+def connectors_state_dict(checkpoint: dict) -> dict:
+    """The diffusers text connectors' state dict from a single-file checkpoint's tensors."""
+    return {k: checkpoint[v] for k, v in split_checkpoint(checkpoint)["connectors"].items()}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CPU, ROOT, make_job, run_engine, smooth_texture, write_clip
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -18,6 +17,7 @@ from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_referen
 from blender_equi360.jobs.job import Job
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 from blender_equi360.media.video import probe
+from conftest import CPU, ROOT, make_job, run_engine, smooth_texture, write_clip
 from engine import ltx, recipes, runner, tiny
 from engine.configs import LTX23_CONFIGS
 from engine.device import DEVICE_ENV
@@ -63,12 +63,14 @@ def test_tiny_models_are_in_the_real_file_layouts(models):
                      "model.diffusion_model.video_embeddings_connector.transformer_1d_blocks.0.attn1.to_q.weight",
                      "text_embedding_projection.video_aggregate_embed.weight",
                      "vae.per_channel_statistics.mean-of-means", "vae.per_channel_statistics.channel",
-                     "vae.encoder.down_blocks.1.conv.conv.weight", "vae.decoder.up_blocks.8.res_blocks.0.conv1.conv.weight",
+                     "vae.encoder.down_blocks.1.conv.conv.weight",
+                     "vae.decoder.up_blocks.8.res_blocks.0.conv1.conv.weight",
                      "audio_vae.per_channel_statistics.std-of-means", "vocoder.vocoder.conv_pre.weight",
                      "vocoder.vocoder.ups.0.weight", "vocoder.bwe_generator.resblocks.0.convs1.0.weight",
                      "vocoder.mel_stft.mel_basis"):
         assert original in keys, original
-    diffusers_only = ("time_embed.", "norm_q", "prompt_adaln.", "resnets", "upsamplers", "latents_mean", "conv_in.weight")
+    diffusers_only = ("time_embed.", "norm_q", "prompt_adaln.", "resnets", "upsamplers", "latents_mean",
+                      "conv_in.weight")
     assert not [k for k in keys if any(name in k for name in diffusers_only) and not k.startswith("vae.")]
     assert check_lora(__import__("pathlib").Path(models["ic_lora"]))[1] == 1
     with safe_open(models["ic_lora"], "pt") as f:
@@ -145,7 +147,8 @@ def test_fast_turns_every_guidance_term_off_for_video_and_audio():
     rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset="fast"), num_layers=48)
     assert rec.sigmas == recipes.DISTILLED_SIGMAS and len(rec.sigmas) == 8 and rec.distilled
     g = rec.guidance
-    assert g["guidance_scale"] == g["audio_guidance_scale"] == 1 and g["modality_scale"] == g["audio_modality_scale"] == 1
+    assert g["guidance_scale"] == g["audio_guidance_scale"] == 1
+    assert g["modality_scale"] == g["audio_modality_scale"] == 1
     assert g["stg_scale"] == g["audio_stg_scale"] == 0 and not rec.uses_cfg
 
 

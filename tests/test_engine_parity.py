@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from safetensors.torch import load_file
 
 from blender_equi360.jobs.job import Job
+from conftest import ROOT
 from engine import ltx, official, recipes
 from engine.configs import component_configs
 from engine.models import load_components
@@ -42,7 +42,8 @@ def expected_names():
 
 @pytest.fixture(scope="module")
 def golden():
-    return {"settings": json.loads((GOLDEN / "golden.json").read_text()), "inputs": load_file(GOLDEN / "inputs.safetensors"),
+    return {"settings": json.loads((GOLDEN / "golden.json").read_text()),
+            "inputs": load_file(GOLDEN / "inputs.safetensors"),
             "expected": load_file(GOLDEN / "expected.safetensors"), "checkpoint": GOLDEN / "checkpoint.safetensors"}
 
 

@@ -44,7 +44,8 @@ def test_events_arrive_in_order_and_end_with_done(tmp_path):
         for i in range(1, 4):
             emit("progress", stage="denoise", step=i, total=3, eta_s=None)
         print("a log line on stderr", file=sys.stderr)
-        emit("done", outputs={"video": job + "/result.mp4"}, seconds=0.1, peak_vram_gb=None, backend="draft", draft=True)
+        emit("done", outputs={"video": job + "/result.mp4"}, seconds=0.1, peak_vram_gb=None, backend="draft",
+             draft=True)
     """)
     events = collect(process)
     assert [e.get("step") for e in events if e["event"] == "progress"] == [1, 2, 3]
@@ -93,7 +94,8 @@ def test_a_stubborn_engine_and_its_child_are_killed(tmp_path):
     process = start(tmp_path, """
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+        ignores_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+        child = subprocess.Popen([sys.executable, "-c", ignores_term])
         emit("log", message=f"child {child.pid}")
         time.sleep(600)
     """)

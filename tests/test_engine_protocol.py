@@ -9,19 +9,20 @@ import sys
 import av
 import numpy as np
 import pytest
-from conftest import ROOT, copy_job_inputs
 
 from blender_equi360 import Equi360Error
 from blender_equi360.jobs.job import Job, ModelFiles, load_job, output_path, save_job
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.metrics import mean_abs_error
+from conftest import ROOT, copy_job_inputs
 
 
 @pytest.fixture
 def job_dir(tmp_path, engine_reference):
     copy_job_inputs(engine_reference, tmp_path)
-    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                       delivery_size="512x256"))
     return tmp_path
 
 
@@ -96,7 +97,8 @@ def test_every_failure_has_its_code_and_exit_status(job_dir, case, code):
     elif case == "no_folder":
         target = job_dir / "nope"
     elif case == "outside":
-        save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", output="../escape.mp4", backend="draft"))
+        save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", output="../escape.mp4",
+                                          backend="draft"))
     elif case == "missing_reference":
         save_job(job_dir, Job.from_fields(reference="gone.mkv", mask="mask.mkv", backend="draft"))
     elif case == "ltx_without_cuda":
@@ -109,15 +111,16 @@ def test_every_failure_has_its_code_and_exit_status(job_dir, case, code):
 
 
 def test_the_delivery_keeps_the_span_asked_for(job_dir):
-    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256",
-                          output_frames=20))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                      delivery_size="512x256", output_frames=20))
     rc, events, err = finish(engine("run", job_dir))
     assert rc == 0, err
     assert probe(job_dir / "result.mp4").frame_count == 20
 
 
 def test_auto_falls_back_to_the_draft_with_a_warning(job_dir):
-    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="auto", delivery_size="512x256"))
+    save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="auto",
+                                      delivery_size="512x256"))
     rc, events, err = finish(engine("run", job_dir))
     assert rc == 0, err
     warnings = [e for e in events if e["event"] == "warning"]

@@ -3,10 +3,10 @@ undoes exactly; the engine's model sees a moving edge while its output stays in 
 wrapped decode sees across the edge."""
 
 import torch
-from conftest import make_job
 from diffusers import LTX2InContextPipeline
 from test_engine_ltx import Captured
 
+from conftest import make_job
 from engine import seam, tiny
 
 

@@ -9,10 +9,11 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import ROOT
 from test_addon import blender, bpy_python, clip  # noqa: F401  (fixtures)
 from test_extension import blender_ext
 from test_flamenco import manager  # noqa: F401  (fixture)
+
+from conftest import ROOT
 
 SETUP = """
 prefs.flamenco_manager_url = {url!r}

@@ -5,7 +5,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.job import Job, save_job
@@ -13,6 +12,7 @@ from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.score import score
 from blender_equi360.stages.finish import Tone, finish, fit_tone, plate_alpha
 from blender_equi360.stages.reference import load_placement
+from conftest import smooth_texture, write_clip
 
 
 def test_the_tone_fit_recovers_gain_and_offset_over_the_whole_clip():

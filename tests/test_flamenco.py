@@ -16,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, copy_job_inputs
 
 from blender_equi360.farm import flamenco
 from blender_equi360.jobs.errors import Equi360Error
 from blender_equi360.jobs.job import Job, save_job
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
+from conftest import ROOT, copy_job_inputs
 
 SCRIPT = ROOT / "blender_equi360" / "farm" / "equi360.js"
 HARNESS = Path(__file__).with_name("flamenco_harness.js")
@@ -127,7 +127,8 @@ def run_as_worker(task: dict, cwd: Path, **variables) -> subprocess.CompletedPro
 
 def test_the_command_runs_the_engine_on_the_shot_from_any_folder(tmp_path, engine_reference):  # noqa: F811
     shot = copy_job_inputs(engine_reference, tmp_path / "farm" / "shot_01")
-    save_job(shot, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
+    save_job(shot, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                   delivery_size="512x256"))
     (task, missing) = compile_job({"job_root": "{farm}", "shots": "shot_01\nmissing"})["tasks"]
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()

@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CPU, ROOT, copy_job_inputs, run_engine, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.errors import Equi360Error
@@ -26,6 +25,7 @@ from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.score import score
 from blender_equi360.quality.sphere_metrics import FrameChanges, boundary_jump
 from blender_equi360.stages.join import assemble
+from conftest import CPU, ROOT, copy_job_inputs, run_engine, smooth_texture, write_clip
 from engine import ltx, runner
 from engine.device import DEVICE_ENV
 from engine.protocol_io import Channel
@@ -160,8 +160,8 @@ def test_a_finished_job_run_again_only_delivers_and_a_changed_one_starts_over(st
     rc, events, _ = run_engine(job_dir)
     assert rc == 0 and not [e for e in events if e["event"] == "progress" and e["stage"] == "draft"]
     assert {p.name: p.stat().st_mtime_ns for p in (job_dir / "windows").iterdir()} == made
-    save_job(job_dir, Job.from_fields(**{**load_job(job_dir).to_dict(), "models": ModelFiles(), "seed": 1, "window_overlap": 17,
-                             "window_frames": 41}))
+    save_job(job_dir, Job.from_fields(**{**load_job(job_dir).to_dict(), "models": ModelFiles(), "seed": 1,
+                                         "window_overlap": 17, "window_frames": 41}))
     rc, events, _ = run_engine(job_dir)
     assert rc == 0 and any("starting over" in e.get("message", "") for e in events)
     assert len(manifest_states(job_dir)) == len(plan_windows(FRAMES, 41, 17))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blender_equi360 import Camera, CanvasSize
-from blender_equi360.geometry.projection import PlateMapping, Window, equirect_to_perspective
+from blender_equi360.geometry.projection import PlateCrop, PlateMapping, equirect_to_perspective
 from blender_equi360.stages.plate import PlateSampler
 
 
@@ -22,7 +22,7 @@ def grating(width, height, period):
 def laid(source_bgra, camera, size):
     """The plate projected onto a whole canvas (RGB float), and its sampler."""
     height, width = source_bgra.shape[:2]
-    sampler = PlateSampler(camera, Window.whole(width, height), size)
+    sampler = PlateSampler(camera, PlateCrop.whole(width, height), size)
     canvas = np.zeros((size.height, size.width, 3), np.float32)
     canvas[sampler.rows] = sampler.project(source_bgra)
     return canvas, sampler
@@ -59,7 +59,7 @@ def test_a_reduced_plate_removes_detail_the_canvas_cannot_carry_and_keeps_the_re
 def test_the_mask_is_the_footprint_the_reference_projection_gives(camera):
     size = CanvasSize(512, 256)
     _, sampler = laid(grating(240, 100, period=8), camera, size)
-    reference = PlateMapping(camera, Window.whole(240, 100), size, (240, 100)).mask
+    reference = PlateMapping(camera, PlateCrop.whole(240, 100), size, (240, 100)).mask
     assert np.count_nonzero(sampler.mask == 0) == pytest.approx(np.count_nonzero(reference == 0), rel=0.02)
     assert np.mean(np.abs(sampler.mask.astype(int) - reference)) < 1.0
     assert sampler.mask[:sampler.rows.start].min() == 255 and sampler.mask[sampler.rows.stop:].min() == 255

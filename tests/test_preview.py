@@ -7,11 +7,11 @@ import sys
 import av
 import numpy as np
 import pytest
-from conftest import ROOT
 
 from blender_equi360.jobs.errors import Equi360Error
 from blender_equi360.media.video import PlaybackVideoWriter
 from blender_equi360.quality.preview import GAP, OUTLINE, VIEWS, preview_sheet
+from conftest import ROOT
 
 SKY, GROUND, FRONT_MARK, RIGHT_MARK = (90, 140, 230), (120, 90, 60), (230, 30, 30), (30, 200, 60)
 W, H, V = 512, 256, 96
@@ -65,14 +65,14 @@ def test_the_sheet_has_the_equirect_and_six_views_each_looking_where_its_label_s
 
 
 def test_the_plate_is_outlined_where_the_job_put_it(tmp_path):
-    from conftest import smooth_texture, write_clip
-
     from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
     from blender_equi360.jobs.job import Job, save_job
+    from conftest import smooth_texture, write_clip
     clip = write_clip(tmp_path / "clip.mp4", 9, 240, 100, 24, lambda k: smooth_texture(240, 100, k / 5))
     build_reference(clip, tmp_path / "reference.mkv", tmp_path / "mask.mkv",
                     ReferenceSettings(camera=Camera(100), size=CanvasSize(256, 128), frames=9))
-    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size="512x256"))
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                       delivery_size="512x256"))
     run = subprocess.run([sys.executable, "-m", "engine", "run", str(tmp_path)], cwd=ROOT, capture_output=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
@@ -81,7 +81,8 @@ def test_the_plate_is_outlined_where_the_job_put_it(tmp_path):
                          text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     sheet = read_png(tmp_path / "sheet.png")
-    outlined = lambda image: (image == OUTLINE).all(axis=2).sum()
+    def outlined(image):
+        return (image == OUTLINE).all(axis=2).sum()
     assert outlined(view(sheet, "FRONT").astype(np.uint8)) > V  # the plate's edge, in front
     assert outlined(view(sheet, "BACK").astype(np.uint8)) == 0 == outlined(view(sheet, "UP").astype(np.uint8))
 

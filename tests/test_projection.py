@@ -5,13 +5,12 @@ import math
 import av
 import numpy as np
 import pytest
-from conftest import smooth_texture
 
 from blender_equi360.geometry import projection
 from blender_equi360.geometry.camera import Camera
 from blender_equi360.geometry.projection import (
+    PlateCrop,
     PlateMapping,
-    Window,
     equirect_to_perspective,
     lonlat_to_pixel,
     pixel_to_lonlat,
@@ -21,6 +20,7 @@ from blender_equi360.jobs.canvas import CanvasSize
 from blender_equi360.jobs.errors import Equi360Error
 from blender_equi360.media.video import PREFILTER
 from blender_equi360.quality.metrics import psnr
+from conftest import smooth_texture
 
 SIZE = CanvasSize(1920, 960)
 
@@ -35,7 +35,7 @@ def ramp_plate(width, height):
 
 def project(camera, plate, size=SIZE, feather=0.0):
     h, w = plate.shape[:2]
-    mapping = PlateMapping(camera, Window.whole(w, h), size, (w, h), feather)
+    mapping = PlateMapping(camera, PlateCrop.whole(w, h), size, (w, h), feather)
     return mapping, mapping.project(plate).astype(np.float64)
 
 
@@ -141,7 +141,7 @@ def _analytic_footprint_pixels(hfov_deg, aspect, size):
 @pytest.mark.parametrize("hfov,yaw", [(100.0, 0.0), (100.0, 135.0), (60.0, -30.0), (150.0, 0.0)])
 def test_mask_area_matches_the_analytic_footprint(hfov, yaw):
     w, h = 478, 200  # 2.39:1
-    mapping = PlateMapping(Camera(hfov, yaw_deg=yaw), Window.whole(w, h), SIZE, (w, h))
+    mapping = PlateMapping(Camera(hfov, yaw_deg=yaw), PlateCrop.whole(w, h), SIZE, (w, h))
     measured = int((mapping.mask < 255).sum())
     assert measured == pytest.approx(_analytic_footprint_pixels(hfov, w / h, SIZE), rel=0.01)
     assert measured == mapping.footprint_pixels
@@ -151,8 +151,8 @@ def _round_trip_psnr(camera, w, h, size=SIZE, border=8):
     frame = smooth_texture(w, h, phase=0.3)
     plate = np.zeros((h, w, 4), np.uint8)
     plate[..., :3] = frame
-    plate_size = prefiltered_plate_size(camera, Window.whole(w, h), size)
-    mapping = PlateMapping(camera, Window.whole(w, h), size, plate_size)
+    plate_size = prefiltered_plate_size(camera, PlateCrop.whole(w, h), size)
+    mapping = PlateMapping(camera, PlateCrop.whole(w, h), size, plate_size)
     small = _prefilter(plate, plate_size) if plate_size != (w, h) else plate
     canvas = mapping.project(small)[..., :3]
     back = equirect_to_perspective(canvas, (w, h), camera)
@@ -183,10 +183,10 @@ def test_prefilter_stops_fine_detail_from_aliasing():
     stripes = np.zeros((h, w, 4), np.uint8)
     stripes[..., :3] = (np.arange(w) % 3 == 0)[None, :, None] * 255  # period 3 px
     camera = Camera(100)
-    plate_size = prefiltered_plate_size(camera, Window.whole(w, h), SIZE)
-    filtered_map = PlateMapping(camera, Window.whole(w, h), SIZE, plate_size)
+    plate_size = prefiltered_plate_size(camera, PlateCrop.whole(w, h), SIZE)
+    filtered_map = PlateMapping(camera, PlateCrop.whole(w, h), SIZE, plate_size)
     filtered = filtered_map.project(_prefilter(stripes, plate_size))[..., 0].astype(float)
-    raw_map = PlateMapping(camera, Window.whole(w, h), SIZE, (w, h))
+    raw_map = PlateMapping(camera, PlateCrop.whole(w, h), SIZE, (w, h))
     raw = raw_map.project(stripes)[..., 0].astype(float)
     inner = filtered_map.mask == 0
     inner &= np.roll(inner, 8, 0) & np.roll(inner, -8, 0) & np.roll(inner, 8, 1) & np.roll(inner, -8, 1)
@@ -232,7 +232,7 @@ def test_focal_length_and_sensor_width_give_the_fov():
 @pytest.mark.parametrize("camera", [Camera(100), Camera(100, pitch_deg=60), Camera(170, pitch_deg=-89),
                                     Camera(120, yaw_deg=180, roll_deg=90), Camera(30, pitch_deg=88)])
 def test_mapping_only_skips_rows_the_plate_cannot_reach(camera, monkeypatch):
-    window = Window.whole(478, 200)
+    window = PlateCrop.whole(478, 200)
     size = CanvasSize(512, 256)
     fast = PlateMapping(camera, window, size, (478, 200))
     monkeypatch.setattr(projection, "footprint_rows", lambda lens, size: (0, size.height))

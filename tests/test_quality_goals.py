@@ -12,11 +12,11 @@ test_engine_seam.py)."""
 
 import numpy as np
 import pytest
-from conftest import make_job, rendered_texture, run_engine, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.job import Job, save_job
 from blender_equi360.quality.score import score
+from conftest import make_job, rendered_texture, run_engine, smooth_texture, write_clip
 
 
 def street(width, height, phase):
@@ -57,8 +57,8 @@ def test_a_sharp_plate_comes_back_when_the_delivery_enlarges_it(tmp_path, source
     clip = write_clip(tmp_path / "clip.mp4", 2, width, height, 24, lambda k: rendered_texture(width, height, 0.4 * k))
     build_reference(clip, tmp_path / "reference.mkv", tmp_path / "mask.mkv",
                     ReferenceSettings(camera=Camera(100), size=CanvasSize(512, 256), frames=9))
-    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft", delivery_size=delivery,
-                           audio=False))
+    save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
+                                       delivery_size=delivery, audio=False))
     rc, events, err = run_engine(tmp_path)
     assert rc == 0, err
     report = score(tmp_path / "result.mp4", clip, tmp_path)

@@ -9,12 +9,12 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import ROOT, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, Equi360Error, ReferenceSettings, build_reference
-from blender_equi360.geometry.projection import PlateMapping, Window
+from blender_equi360.geometry.projection import PlateCrop, PlateMapping
 from blender_equi360.media.video import picture_box_from_samples, probe, read_frames
 from blender_equi360.quality.metrics import mean_abs_error
+from conftest import ROOT, smooth_texture, write_clip
 
 SMALL = CanvasSize(512, 256)
 
@@ -50,7 +50,7 @@ def test_reference_is_lossless_black_outside_with_a_matching_mask(textured_clip,
 def test_reference_content_matches_the_projection_of_the_source(textured_clip, tmp_path):
     result = build_reference(textured_clip, tmp_path / "ref.mkv", settings=settings(frames=17))
     source = next(read_frames(textured_clip))
-    mapping = PlateMapping(Camera(100), Window.whole(320, 134), SMALL, result.plate_size)
+    mapping = PlateMapping(Camera(100), PlateCrop.whole(320, 134), SMALL, result.plate_size)
     small = av.VideoFrame.from_ndarray(source, format="rgb24").reformat(
         width=result.plate_size[0], height=result.plate_size[1], format="bgra", interpolation="BILINEAR")
     expected = mapping.project(small.to_ndarray())[..., 2::-1]
@@ -62,7 +62,8 @@ def test_reference_content_matches_the_projection_of_the_source(textured_clip, t
 
 def test_frame_rate_is_resampled_to_the_nearest_source_frame(tmp_path):
     # Each source frame's brightness encodes its index: 29.97 fps in, 24 fps out.
-    levels = lambda k: np.full((134, 320, 3), 20 + 5 * k, np.uint8)
+    def levels(k):
+        return np.full((134, 320, 3), 20 + 5 * k, np.uint8)
     clip = write_clip(tmp_path / "count30.mp4", 40, 320, 134, Fraction(30000, 1001), levels)
     result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=25, fps=24, detect_letterbox=False))
     got = [int(round((f[result_mask_known(result)].mean() - 20) / 5)) for f in read_frames(result.video)]
@@ -75,7 +76,8 @@ def result_mask_known(result):
 
 
 def test_long_clip_is_trimmed_and_start_offset_is_honoured(tmp_path):
-    levels = lambda k: np.full((134, 320, 3), 10 + 4 * k, np.uint8)
+    def levels(k):
+        return np.full((134, 320, 3), 10 + 4 * k, np.uint8)
     clip = write_clip(tmp_path / "count24.mp4", 60, 320, 134, 24, levels)
     result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=9, start_s=1.0,
                                                                           detect_letterbox=False))
@@ -218,7 +220,8 @@ def test_refuses_to_overwrite_its_source(textured_clip):
 
 
 def test_by_default_the_reference_keeps_the_clips_own_frame_rate(tmp_path):
-    levels = lambda k: np.full((134, 320, 3), 20 + 5 * k, np.uint8)
+    def levels(k):
+        return np.full((134, 320, 3), 20 + 5 * k, np.uint8)
     clip = write_clip(tmp_path / "count30.mp4", 40, 320, 134, Fraction(30000, 1001), levels)
     result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=33, detect_letterbox=False))
     got = [int(round((f[result_mask_known(result)].mean() - 20) / 5)) for f in read_frames(result.video)]
@@ -228,7 +231,8 @@ def test_by_default_the_reference_keeps_the_clips_own_frame_rate(tmp_path):
 
 def test_reading_from_a_later_frame_gives_exactly_the_frames_from_there(tmp_path):
     """A long clip's windows read the reference from the middle: a seek, then the same frames."""
-    levels = lambda k: np.full((134, 320, 3), k % 250, np.uint8)
+    def levels(k):
+        return np.full((134, 320, 3), k % 250, np.uint8)
     clip = write_clip(tmp_path / "count.mp4", 300, 320, 134, Fraction(30000, 1001), levels)  # past a keyframe
     result = build_reference(clip, tmp_path / "ref.mkv", settings=settings(frames=None, detect_letterbox=False))
     every = list(read_frames(result.video))

@@ -8,12 +8,12 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import ROOT, smooth_texture, write_clip
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.jobs.job import Job, save_job
 from blender_equi360.media.video import LosslessVideoWriter, read_frames
 from blender_equi360.quality.score import score
+from conftest import ROOT, smooth_texture, write_clip
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ cut has; a correct equirect's poles are constant rows; drift and flicker measure
 
 import numpy as np
 import pytest
-from conftest import smooth_texture
 
 from blender_equi360.quality.sphere_metrics import Flicker, cap_discontinuity, pole_spread, seam_ratio, tone_drift
+from conftest import smooth_texture
 
 
 def periodic_panorama(width=512, height=256, shift=0):

@@ -8,10 +8,10 @@ import subprocess
 import av
 import numpy as np
 import pytest
-from conftest import smooth_texture
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
 from blender_equi360.media.video import probe, read_frames
+from conftest import smooth_texture
 
 
 def ffmpeg():

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..jobs.canvas import CanvasSize
 from .camera import Camera
-from .projection import PlateMapping, Window, box_blur, equirect_to_perspective
+from .projection import PlateCrop, PlateMapping, box_blur, equirect_to_perspective
 
 CAP_DEG = 20.0          # the repaired cap reaches this far from the pole...
 BLEND_DEG = 8.0         # ...blending in over the outer part of it
@@ -31,7 +31,7 @@ class PoleRepair:
         # A view pixel is half a canvas row: the view carries all the cap's detail.
         self.view_px = 2 * int(np.ceil(hfov * size.height / 180.0))
         self.cameras = {"top": Camera(hfov, pitch_deg=90.0), "bottom": Camera(hfov, pitch_deg=-90.0)}
-        window = Window.whole(self.view_px, self.view_px)
+        window = PlateCrop.whole(self.view_px, self.view_px)
         self.mappings = {side: PlateMapping(cam, window, size, (self.view_px, self.view_px))
                          for side, cam in self.cameras.items()}
         self.rows = int(np.ceil(size.height * cap_deg / 180.0))

@@ -27,7 +27,7 @@ _EIGHT = np.uint64(8)
 
 
 @dataclass(frozen=True)
-class Window:
+class PlateCrop:
     """The part of the source picture used as the plate: ``(x, y, width, height)`` in source pixels,
     inside a picture of ``picture_width`` × ``picture_height`` (the frame without letterbox bars)."""
 
@@ -39,7 +39,7 @@ class Window:
     picture_height: float
 
     @classmethod
-    def whole(cls, width: float, height: float) -> "Window":
+    def whole(cls, width: float, height: float) -> "PlateCrop":
         return cls(0.0, 0.0, width, height, width, height)
 
 
@@ -74,7 +74,7 @@ class Lens:
     """Pinhole intrinsics of a window: canvas-frame directions ↔ window pixel coordinates (edges at 0 and
     width, pixel centres at +0.5)."""
 
-    def __init__(self, camera: Camera, window: Window):
+    def __init__(self, camera: Camera, window: PlateCrop):
         self.rotation = camera.rotation()
         self.focal = camera.focal_px(window.picture_width)
         # A lens shifted right/up shows more of the right/top: the optical axis lands left/below centre.
@@ -101,7 +101,7 @@ class Lens:
         return local @ self.rotation.T
 
 
-def prefiltered_plate_size(camera: Camera, window: Window, size: CanvasSize) -> tuple[int, int]:
+def prefiltered_plate_size(camera: Camera, window: PlateCrop, size: CanvasSize) -> tuple[int, int]:
     """Plate size after the area prefilter: the plate's pixels match the canvas's density averaged over
     the footprint (a 1920-px plate at 100° becomes ≈533 px on a 1920-wide canvas), never upscaled."""
     plate_hfov = 2.0 * math.atan(window.width / 2.0 / camera.focal_px(window.picture_width))
@@ -116,7 +116,7 @@ class PlateMapping:
     ``mask`` is the canvas-sized uint8 mask of the region to generate: 255 unknown, 0 known (values in
     between inside an inward feather band)."""
 
-    def __init__(self, camera: Camera, window: Window, size: CanvasSize,
+    def __init__(self, camera: Camera, window: PlateCrop, size: CanvasSize,
                  plate_size: tuple[int, int], feather_px: float = 0.0):
         plate_w, plate_h = plate_size
         if plate_w < 2 or plate_h < 2:
@@ -230,7 +230,7 @@ def _quantise_weights(w: np.ndarray) -> np.ndarray:
 
 
 def equirect_to_perspective(canvas: np.ndarray, size_out: tuple[int, int], camera: Camera,
-                            window: Window | None = None, cubic: bool = False) -> np.ndarray:
+                            window: PlateCrop | None = None, cubic: bool = False) -> np.ndarray:
     """Render the view of ``camera`` from an equirect canvas (H, W, C): bilinear (or Catmull-Rom with
     ``cubic``), wrapping in longitude.
 
@@ -240,12 +240,12 @@ def equirect_to_perspective(canvas: np.ndarray, size_out: tuple[int, int], camer
     return (sample_equirect_cubic if cubic else sample_equirect)(canvas, x, y)
 
 
-def perspective_to_canvas(size_out: tuple[int, int], camera: Camera, window: Window | None, canvas_width: int,
+def perspective_to_canvas(size_out: tuple[int, int], camera: Camera, window: PlateCrop | None, canvas_width: int,
                           canvas_height: int):
     """Where each pixel centre of a ``size_out`` view of ``window`` (default: the whole picture of that size)
     lands on a canvas, in pixel-index coordinates: (x, y), each (h, w) float64."""
     out_w, out_h = size_out
-    window = window or Window.whole(out_w, out_h)
+    window = window or PlateCrop.whole(out_w, out_h)
     lens = Lens(camera, window)
     u = (np.arange(out_w) + 0.5) * (window.width / out_w)
     v = (np.arange(out_h) + 0.5) * (window.height / out_h)

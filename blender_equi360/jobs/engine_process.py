@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 
 from .errors import Equi360Error
-from .protocol import parse_event
+from .protocol import ProtocolError, parse_event
 
 CANCEL_GRACE_S = 10.0     # the engine finishes its denoising step; a step can take seconds on a GPU
 TERMINATE_GRACE_S = 3.0
@@ -64,7 +64,7 @@ class EngineProcess:
                 continue
             try:
                 self._events.put(parse_event(line))
-            except ValueError:
+            except ProtocolError:
                 self._events.put({"event": "log", "message": f"engine said (not protocol): {line.strip()[:200]}"})
         self._proc.wait()
         self._stderr_reader.join(timeout=5)  # so that a crash's last words are in the tail

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .errors import Equi360Error
+
 # Each error the engine reports has a code (for programs) and a distinct exit status (for shells).
 EXIT_CODES = {
     "internal": 1,
@@ -47,19 +49,23 @@ WARNING_CODES = {
 CLIENT_CODES = {"crashed": "the engine ended without an error event (killed, or a fault in its Python)"}
 
 
+class ProtocolError(Equi360Error):
+    """A line on the engine's stdout that is not one of the protocol's events."""
+
+
 def event_line(event: str, **fields: Any) -> str:
     """One protocol line (without the newline)."""
     if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}")
+        raise ProtocolError(f"unknown event {event!r}")
     return json.dumps({"event": event, **fields}, ensure_ascii=False, allow_nan=False)
 
 
 def parse_event(line: str) -> dict:
-    """Parse one stdout line of the engine; a line that is not a protocol event raises ValueError."""
+    """Parse one stdout line of the engine; a line that is not a protocol event raises ProtocolError."""
     try:
         event = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not a JSON line: {line[:80]!r}") from err
+    except json.JSONDecodeError:
+        raise ProtocolError(f"not a JSON line: {line[:80]!r}") from None
     if not isinstance(event, dict) or event.get("event") not in EVENTS:
-        raise ValueError(f"not a protocol event: {line[:80]!r}")
+        raise ProtocolError(f"not a protocol event: {line[:80]!r}")
     return event

@@ -28,7 +28,7 @@ import numpy as np
 from ..geometry.camera import Camera
 from ..geometry.projection import (
     Lens,
-    Window,
+    PlateCrop,
     bilinear_taps,
     catmull_rom,
     footprint_rows,
@@ -81,7 +81,7 @@ class PlateSampler:
     ``rows``: the canvas rows the plate reaches; ``mask``: the canvas-sized uint8 mask, 255 where the
     plate is absent, 0 where it covers a pixel, in between for pixels it covers in part."""
 
-    def __init__(self, camera: Camera, window: Window, size: CanvasSize):
+    def __init__(self, camera: Camera, window: PlateCrop, size: CanvasSize):
         self.source_size = (max(2, round(window.width)), max(2, round(window.height)))
         native_w, native_h = self.source_size
         lens = Lens(camera, window)

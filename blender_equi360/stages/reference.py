@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..geometry.camera import Camera
-from ..geometry.projection import PlateMapping, Window, prefiltered_plate_size
+from ..geometry.projection import PlateCrop, PlateMapping, prefiltered_plate_size
 from ..jobs.atomic import atomic_outputs, write_json_atomically
 from ..jobs.canvas import CanvasSize
 from ..jobs.errors import Equi360Error
 from ..jobs.timing import frame_rate, round_up_frame_count, valid_frame_count
 from ..media.video import (
-    CODECS,
-    DEFAULT_CODEC,
+    DEFAULT_LOSSLESS_CODEC,
+    LOSSLESS_CODECS,
     LosslessVideoWriter,
     PictureBox,
     SourceInfo,
@@ -51,7 +51,7 @@ class ReferenceSettings:
     start_s: float = 0.0
     feather_px: float = 0.0         # inward feather of the plate edge, in canvas pixels (0 = hard edge)
     detect_letterbox: bool = True
-    codec: str = DEFAULT_CODEC
+    codec: str = DEFAULT_LOSSLESS_CODEC
 
     def __post_init__(self):
         if self.crop not in CROPS:
@@ -74,8 +74,8 @@ class ReferenceSettings:
             raise Equi360Error("start must be 0 seconds or later")
         if self.feather_px < 0:
             raise Equi360Error("feather must be 0 pixels or more")
-        if self.codec not in CODECS:
-            raise Equi360Error(f"codec {self.codec!r} is not one of {', '.join(CODECS)}")
+        if self.codec not in LOSSLESS_CODECS:
+            raise Equi360Error(f"codec {self.codec!r} is not one of {', '.join(LOSSLESS_CODECS)}")
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ReferenceResult:
     source: SourceInfo
     settings: ReferenceSettings
     picture: PictureBox          # the frame without letterbox bars
-    window: Window               # the plate inside the picture (after the crop to 2.39:1)
+    window: PlateCrop               # the plate inside the picture (after the crop to 2.39:1)
     plate_size: tuple[int, int]  # the plate after the area prefilter
     frames_written: int
     padded_frames: int
@@ -167,7 +167,7 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
     cx, cy, cw, ch = plate_crop(picture, settings.crop)
     if (cw, ch) != (picture.width, picture.height):
         notes.append(f"cropped to 2.39:1 ({settings.crop}): {cw}x{ch} of {picture.width}x{picture.height}")
-    window = Window(cx, cy, cw, ch, picture.width, picture.height)
+    window = PlateCrop(cx, cy, cw, ch, picture.width, picture.height)
     camera = settings.camera
     if not SWEET_SPOT_HFOV[0] <= camera.hfov_deg <= SWEET_SPOT_HFOV[1]:
         notes.append(f"horizontal FOV {camera.hfov_deg:g}° is outside the model's sweet spot (≈100°)")
@@ -232,7 +232,7 @@ class Placement:
     source: Path
     camera: Camera
     picture: PictureBox
-    window: Window
+    window: PlateCrop
     plate_size: tuple[int, int]
     fps: float
     start_s: float
@@ -261,7 +261,7 @@ def load_placement(reference_video) -> Placement:
         data = json.loads(path.read_text(encoding="utf-8"))
         settings = data["settings"]
         return Placement(Path(data["source"]["path"]), Camera(**settings["camera"]), PictureBox(**data["picture"]),
-                         Window(**data["window"]), tuple(data["plate_size"]), float(settings["fps"]),
+                         PlateCrop(**data["window"]), tuple(data["plate_size"]), float(settings["fps"]),
                          float(settings["start_s"]), int(data["frames_written"]), int(data["padded_frames"]),
                          (int(data["source"]["width"]), int(data["source"]["height"])))
     except FileNotFoundError:
