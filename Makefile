@@ -39,7 +39,7 @@ demo-ltx: $(INSTALLED)
 		--mask out/demo-ltx/mask.mkv --hfov 100 --size 256x128 --frames 17 -q
 	$(PY) -c "from blender_equi360.jobs.job import Job, ModelFiles, save_job; save_job('out/demo-ltx', Job.from_fields( \
 		reference='reference.mkv', mask='mask.mkv', backend='ltx', steps=4, delivery_size='512x256', models=ModelFiles( \
-		checkpoint='../tiny-models/ltx-2.3-tiny.safetensors', text_encoder='../tiny-models/gemma-3-tiny', \
+		checkpoint='../tiny-models/ltx-2.3-tiny-dev.safetensors', text_encoder='../tiny-models/gemma-3-tiny', \
 		ic_lora='../tiny-models/ic-lora-tiny.safetensors')))"
 	EQUI360_ENGINE_DEVICE=cpu $(PY) -m engine run out/demo-ltx > out/demo-ltx/events.jsonl
 	@echo "demo-ltx: out/demo-ltx/result.mp4 (random weights: noise, made by the real loading and generation code)"

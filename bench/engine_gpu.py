@@ -42,6 +42,7 @@ from common import write_section  # noqa: E402
 from engine import ltx, recipes, tiny  # noqa: E402
 from engine.configs import LTX23_CONFIGS  # noqa: E402
 from engine.models import LOADED, component_class  # noqa: E402
+from engine.weights import CheckpointKind  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Engine on the GPU"
@@ -78,7 +79,9 @@ def measure(pipe, preset: str, size: dict, device: str, dtype) -> dict:
     then TIMED_STEPS), the decode, and the peaks."""
     import torch
 
-    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset=preset), pipe.transformer.config.num_layers)
+    kind = CheckpointKind("distilled" if preset == "fast" else "dev", fp8=False, told_by="job")
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset=preset), kind,
+                         pipe.transformer.config.num_layers)
     steps = 1 + TIMED_STEPS
     caption = pipe.connectors.config.caption_channels * pipe.connectors.config.text_proj_in_factor
     embeds = torch.randn(1, recipes.MAX_SEQUENCE_LENGTH, caption, device=device, dtype=dtype)

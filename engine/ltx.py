@@ -11,9 +11,8 @@ One job runs in phases, so that only one big model is on the GPU at a time:
 Phase 1 and the loading run once per job; phases 2 and 3 once per window of a longer clip, each window
 after the first conditioned on the previous window's last frames (see :mod:`engine.runner`).
 
-Recipes (``job.preset``): ``quality`` is the dev model with Lightricks' official LTX-2.3 guidance and
-their fixed-shift sigma schedule; ``fast`` adds the distilled LoRA at 0.5 and runs the 8 distilled
-sigmas with every guidance term off, video and audio alike.
+The recipes (``job.preset``, and what each checkpoint takes) are in :mod:`engine.recipes`; the
+checkpoint may be dev or distilled, bf16 or Lightricks' fp8 (dequantised with its scales on loading).
 """
 
 from __future__ import annotations
@@ -31,14 +30,14 @@ import numpy as np
 from blender_equi360.jobs.job import Job, job_path
 from blender_equi360.media.video import probe
 
-from . import official, seam
+from . import official, recipes, samplers, seam
 from .configs import component_configs
 from .device import device_and_dtype
 from .generators import GeneratorReport
 from .models import LOADED, load_components, load_lora, load_text_encoder
 from .protocol_io import Channel, EngineError
 from .recipes import DISTILLED_LORA_STRENGTH, MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, Recipe, recipe
-from .weights import Header, check_checkpoint, check_lora, check_text_encoder
+from .weights import CheckpointKind, Header, check_checkpoint, check_lora, check_text_encoder, checkpoint_kind
 
 LOW_VRAM_BLOCKS_PER_GROUP = 4
 # Free GPU memory under which the denoising models leave the GPU for a window's decode. A guess with room
@@ -79,41 +78,48 @@ class ModelPaths:
     """The model files a job's recipe needs, checked."""
     checkpoint: Path
     header: Header                # the checkpoint's tensor names, shapes and metadata
-    text_encoder: Path            # the Gemma 3 folder
+    kind: CheckpointKind          # dev or distilled, bf16 or fp8
+    text_encoder: Path            # the Gemma 3 folder, or ComfyUI's single file
     ic_lora: Path
     reference_downscale: int      # the IC-LoRA's reference_downscale_factor
-    distilled_lora: Path | None   # for the fast preset
+    distilled_lora: Path | None   # set when the recipe fuses it (fast on the dev checkpoint)
 
 
 def check_models(job: Job, job_dir: Path) -> ModelPaths:
-    """All the files the recipe needs, checked from their headers before anything is loaded."""
+    """All the files the recipe needs, checked from their headers before anything is loaded: the
+    distilled LoRA only for the fast preset on the dev checkpoint."""
     models = job.models
-    for field, what in (("checkpoint", "LTX-2.3 checkpoint"), ("text_encoder", "text encoder (Gemma 3) folder"),
+    for field, what in (("checkpoint", "LTX-2.3 checkpoint"), ("text_encoder", "text encoder (Gemma 3)"),
                         ("ic_lora", "VR-360 IC-LoRA")):
         if not getattr(models, field):
             raise EngineError("missing_weights", f"the {what} is not set: choose it in the add-on's preferences")
-    if job.preset == "fast" and not models.distilled_lora:
-        raise EngineError("missing_weights", "the fast preset needs the distilled LoRA "
-                                             "(ltx-2.3-22b-distilled-lora-384-1.1.safetensors): choose it in the "
-                                             "add-on's preferences, or use the quality preset")
     checkpoint = job_path(job_dir, models.checkpoint)
     header = check_checkpoint(checkpoint)
+    kind = checkpoint_kind(checkpoint, header, job.checkpoint_variant)
+    if job.preset == "fast" and kind.variant == "dev" and not models.distilled_lora:
+        raise EngineError("missing_weights", f"the fast preset on the dev checkpoint ({checkpoint.name}) needs the "
+                                             "distilled LoRA (ltx-2.3-22b-distilled-lora-384-1.1.safetensors): "
+                                             "choose it in the add-on's preferences, or choose the distilled "
+                                             "checkpoint (ltx-2.3-22b-distilled-1.1.safetensors)")
     text_encoder = job_path(job_dir, models.text_encoder)
     check_text_encoder(text_encoder)
     ic_lora = job_path(job_dir, models.ic_lora)
     _, downscale = check_lora(ic_lora)
-    distilled = job_path(job_dir, models.distilled_lora) if job.preset == "fast" else None
-    if distilled:
+    distilled = None
+    if job.preset == "fast" and kind.variant == "dev":
+        distilled = job_path(job_dir, models.distilled_lora)
         check_lora(distilled, "distilled LoRA")
-    return ModelPaths(checkpoint, header, text_encoder, ic_lora, downscale, distilled)
+    return ModelPaths(checkpoint, header, kind, text_encoder, ic_lora, downscale, distilled)
 
 
 def memory_plan(header, text_encoder: Path, low_vram: bool) -> dict:
-    """Weights resident on the GPU in each phase (activations come on top; measured peaks are reported)."""
-    gemma = sum(p.stat().st_size for p in text_encoder.glob("*.safetensors"))
-    transformer = header.bytes_under("model.diffusion_model.") - header.bytes_under(
+    """Weights resident on the GPU in each phase (activations come on top; measured peaks are reported).
+    An fp8 file's weights count twice their size on disk: they are dequantised to bf16 on loading."""
+    shards = [text_encoder] if text_encoder.is_file() else text_encoder.glob("*.safetensors")
+    gemma = sum(p.stat().st_size for p in shards)
+    transformer = header.bytes_in_memory("model.diffusion_model.") - header.bytes_in_memory(
         "model.diffusion_model.video_embeddings_connector", "model.diffusion_model.audio_embeddings_connector")
-    rest = header.bytes_under("model.diffusion_model.", "text_embedding_projection.", "vae.", "audio_vae.")
+    rest = header.bytes_in_memory("model.diffusion_model.", "text_embedding_projection.", "vae.", "audio_vae.")
     rest -= transformer
     if low_vram:  # fp8 storage, and only a few blocks on the GPU at a time
         transformer = transformer // 2 * min(1.0, 4 * LOW_VRAM_BLOCKS_PER_GROUP / 48)
@@ -167,13 +173,18 @@ class LtxGenerator:
         configs = component_configs(paths.header)
         self.plan = memory_plan(paths.header, paths.text_encoder, job.low_vram)
         plan = self.plan
-        channel.log(f"LTX-2.3 on {self.device} ({self.dtype}), preset {job.preset}"
+        kind = paths.kind
+        channel.log(f"LTX-2.3 {kind.variant}{' fp8' if kind.fp8 else ''} ({paths.checkpoint.name}, told by its "
+                    f"{recipes.TOLD_BY[kind.told_by]}) on {self.device} ({self.dtype}), preset {job.preset}"
                     f"{', low VRAM' if job.low_vram else ''}; weights on the device per phase: text "
                     f"{plan['text_gb']} GB, denoise {plan['denoise_gb']} GB, decode {plan['decode_gb']} GB")
         _check_fits(self.plan, self.device, job.low_vram)
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        self.recipe = recipe(job, configs["transformer"]["num_layers"], channel)
+        self.recipe = recipe(job, paths.kind, configs["transformer"]["num_layers"], channel)
+        if job.preset == "fast" and paths.kind.variant == "distilled" and job.models.distilled_lora:
+            channel.warning("distilled_lora_ignored", f"{paths.checkpoint.name} is the distilled model itself: "
+                                                      "the distilled LoRA is not loaded")
         with _out_of_memory_is_an_error(self.phases, self.device):
             # 1. text: Gemma encodes once for every window, then leaves
             self.phases.begin("encode_prompt", 1)
@@ -196,7 +207,8 @@ class LtxGenerator:
                                     on_loaded=lambda name: (loaded.append(name), self.phases.step(len(loaded))))
             pipe = denoising_pipeline(parts, tokenizer)
             del parts
-            _apply_loras(pipe, paths.ic_lora, paths.distilled_lora, job.lora_strength)
+            _apply_loras(pipe, paths.ic_lora, paths.distilled_lora if self.recipe.distilled_lora else None,
+                         job.lora_strength)
             if job.low_vram:
                 _low_vram(pipe, self.device, self.dtype)
             pipe.vae.enable_tiling()
@@ -288,10 +300,8 @@ def _low_vram(pipe, device: str, dtype) -> None:
 def denoising_pipeline(parts: dict, tokenizer=None):
     """The in-context pipeline over loaded components (transformer, connectors, vae, audio_vae), following
     Lightricks' code where diffusers departs from it (:mod:`engine.official`)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift_terminal=None)
-    pipe = official.in_context_pipeline_class()(scheduler=scheduler, text_encoder=None, tokenizer=tokenizer,
+    pipe = official.in_context_pipeline_class()(scheduler=samplers.scheduler("euler", None), text_encoder=None,
+                                                tokenizer=tokenizer,
                                                 vocoder=None, **parts)
     official.own_timestep_cross_attention(pipe.transformer)
     return pipe
@@ -312,6 +322,7 @@ def denoise(pipe, rec: Recipe, embeds, frames: np.ndarray, condition: np.ndarray
 
     height, width = frames.shape[1:3]
     reference = official.reference_pixels(frames, height // downscale, width // downscale)
+    pipe.scheduler = samplers.scheduler(rec.sampler, seed)  # fresh each window: the ancestral noise is seeded
     if roll:
         roll.advance(0)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from .configs import component_configs
 from .convert import split_checkpoint
 from .protocol_io import EngineError
-from .weights import Header
+from .weights import FP8_DTYPE, INPUT_SCALE, WEIGHT_SCALE, Header
 
 COMPONENT_NAMES = {"transformer": "transformer", "connectors": "text connectors", "vae": "video VAE",
                    "audio_vae": "audio VAE", "vocoder": "vocoder"}
@@ -61,7 +61,8 @@ def load_components(path: Path, header: Header, device: str, dtype, names=LOADED
     import torch
     from safetensors import safe_open
 
-    configs, plan = component_configs(header), split_checkpoint(header.keys)
+    configs = component_configs(header)
+    plan = split_checkpoint(k for k in header.keys if not k.endswith((WEIGHT_SCALE, INPUT_SCALE)))
     loaded = {}
     with safe_open(str(path), framework="pt", device=device) as f:
         for name in names:
@@ -71,12 +72,22 @@ def load_components(path: Path, header: Header, device: str, dtype, names=LOADED
                 tensors = {}
                 for key, original in plan[name].items():
                     tensor = f.get_tensor(original)
+                    if header.dtypes.get(original) == FP8_DTYPE:
+                        tensor = dequantised(tensor, f.get_tensor(original.removesuffix(".weight") + WEIGHT_SCALE),
+                                             dtype)
                     keep_fp32 = name in ("vae", "audio_vae") and tensor.dtype == torch.float32
                     tensors[key] = tensor if keep_fp32 or not tensor.is_floating_point() else tensor.to(dtype)
                 loaded[name] = build_component(name, configs[name], tensors, path)
             if on_loaded:
                 on_loaded(name)
     return loaded
+
+
+def dequantised(weight, scale, dtype):
+    """An fp8 weight of Lightricks' fp8 files as the bf16 model's: ``weight · weight_scale`` (a per-tensor
+    scale; the raw fp8 values are hundreds of times too large). Computed in float32, then cast."""
+    import torch
+    return (weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
 
 
 def silent_audio_vae(config: dict, device: str):

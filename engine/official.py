@@ -77,6 +77,8 @@ def in_context_pipeline_class():
         def prepare_latents(self, *args, **kwargs):
             prepared = super().prepare_latents(*args, **kwargs)
             self._token_conditioning = prepared[1]
+            if hasattr(self.scheduler, "pin"):  # the ancestral sampler keeps pinned tokens as they are
+                self.scheduler.pin(prepared[1])
             return prepared
 
         def convert_velocity_to_x0(self, sample, denoised_output, step_idx, scheduler=None):

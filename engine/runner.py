@@ -96,6 +96,10 @@ def check_inputs(job_dir: Path, job: Job) -> None:
         CanvasSize(reference.width, reference.height)
     except Equi360Error as err:
         raise EngineError("bad_input", f"{reference.path}: {err}: rebuild the reference") from None
+    if job.canvas and f"{reference.width}x{reference.height}" != job.canvas:
+        raise EngineError("bad_input", f"the reference {reference.path.name} is {reference.width}x{reference.height} "
+                                       f"but the job's canvas is {job.canvas}: rebuild the reference at {job.canvas}, "
+                                       "or set canvas to null to generate at the reference's size")
     if (mask.width, mask.height) != (reference.width, reference.height):
         raise EngineError("bad_input", f"the mask {mask.path.name} is {mask.width}x{mask.height} but the reference "
                                        f"{reference.path.name} is {reference.width}x{reference.height}: name the "

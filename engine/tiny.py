@@ -2,11 +2,18 @@
 """``python -m engine make-tiny-models DIR``: a scaled-down LTX-2.3 model set with random weights, in the
 real file layouts, so the real loading and generation code runs anywhere in seconds.
 
-- ``ltx-2.3-tiny.safetensors``: one file with Lightricks' key names (``model.diffusion_model.*``,
+- ``ltx-2.3-tiny-dev.safetensors``: one file with Lightricks' key names (``model.diffusion_model.*``,
   ``text_embedding_projection.*``, ``vae.*``, ``audio_vae.*``, ``vocoder.*``), written by reversing our
   own conversion from tiny diffusers models. Its metadata carries the model's config in Lightricks' own
   format, as their releases do (``config``, read by :mod:`engine.configs`).
-- ``gemma-3-tiny/``: a Gemma 3 folder (config, safetensors, an offline word-level tokenizer).
+- ``ltx-2.3-tiny-dev-fp8.safetensors``: its fp8 twin in the layout of Lightricks' fp8 files: each Linear
+  weight of the inner transformer blocks ``F8_E4M3`` with a scalar float32 ``weight_scale`` and
+  ``input_scale``, the edge block(s) and everything else of the transformer bf16.
+- ``ltx-2.3-tiny-distilled.safetensors``: another set of weights, named as the distilled checkpoint is.
+- ``gemma-3-tiny/``: a Gemma 3 folder (config, bf16 safetensors, a tiny SentencePiece tokenizer as
+  ``tokenizer.model`` and ``tokenizer.json``); ``gemma-3-tiny.safetensors`` and
+  ``gemma-3-tiny-fp8-scaled.safetensors``: the same weights and tokenizer in ComfyUI's single-file
+  layouts, bf16 and scaled fp8 (see :mod:`engine.text_encoder`).
 - ``ic-lora-tiny.safetensors``: an IC-LoRA in the trainer's format (``diffusion_model.*.lora_A/B``,
   ``reference_downscale_factor`` in the metadata); ``distilled-lora-tiny.safetensors``: the same format.
 """
@@ -14,12 +21,19 @@ real file layouts, so the real loading and generation code runs anywhere in seco
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .configs import METADATA_KEY, from_metadata
 from .models import component_class
 
-CHECKPOINT = "ltx-2.3-tiny.safetensors"
+CHECKPOINT = "ltx-2.3-tiny-dev.safetensors"
+CHECKPOINT_FP8 = "ltx-2.3-tiny-dev-fp8.safetensors"
+CHECKPOINT_DISTILLED = "ltx-2.3-tiny-distilled.safetensors"
+FP8_MAX = 448.0  # the largest float8_e4m3fn value
+# Blocks the fp8 files keep in bf16: the first two and last two of the 48 (0, 1, 46, 47); at the tiny
+# model's 2 blocks, block 0 (so that the file has both kinds).
+TINY_BF16_BLOCKS = (0,)
 TEXT_ENCODER = "gemma-3-tiny"
 IC_LORA = "ic-lora-tiny.safetensors"
 DISTILLED_LORA = "distilled-lora-tiny.safetensors"
@@ -67,9 +81,14 @@ VOCODER = dict(final_act_fn="clamp", in_channels=16, hidden_channels=16, out_cha
                bwe_upsample_factors=[2, 2, 2], bwe_resnet_kernel_sizes=[3], bwe_resnet_dilations=[[1, 3]],
                filter_length=16, hop_length=4, window_length=16, num_mel_channels=16,
                input_sampling_rate=16000, output_sampling_rate=32000)
-GEMMA_TEXT = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=8, sliding_window=16, pad_token_id=0, eos_token_id=1,
-                  bos_token_id=2)
+# The tiny Gemma: Gemma 3 12B's architecture (engine.text_encoder.GEMMA3_12B_TEXT_SETTINGS: rope, sliding
+# window, …, which ComfyUI's single file cannot carry) at tiny sizes. Its vocabulary is the tiny SentencePiece
+# tokenizer's pieces and 16 spare rows, as Gemma 3's 262,208 rows are its tokenizer's 262,144 and 64 more.
+TOKENIZER_PIECES = 320  # SentencePiece's minimum with byte fallback is 256 bytes + the specials; the rest are merges
+GEMMA_TEXT = dict(vocab_size=TOKENIZER_PIECES + 16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+TEXT_ENCODER_FILE = "gemma-3-tiny.safetensors"
+TEXT_ENCODER_FP8 = "gemma-3-tiny-fp8-scaled.safetensors"
 GEMMA_VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                     image_size=28, patch_size=14)
 WORDS = ("equirectangular", "city", "street", "sky", "night", "day", "forest", "beach", "mountain", "room",
@@ -119,21 +138,102 @@ def write_checkpoint(path: Path, components: dict) -> None:
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(METADATA_CONFIG), "model_version": "2.3.0"})
 
 
-def write_text_encoder(folder: Path, seed: int = 0) -> None:
+def write_fp8_checkpoint(source: Path, path: Path, bf16_blocks=TINY_BF16_BLOCKS) -> None:
+    """The fp8 twin of the checkpoint ``source``, quantised as Lightricks' fp8 files are: per tensor,
+    ``weight_scale = max|w| / 448`` and ``weight = (w / weight_scale)`` in float8_e4m3fn."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, PreTrainedTokenizerFast
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
+    tensors = {}
+    with safe_open(str(source), framework="pt") as f:
+        metadata = f.metadata()
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            block = re.match(r"model\.diffusion_model\.transformer_blocks\.(\d+)\.", key)
+            if block and int(block[1]) not in bf16_blocks and key.endswith(".weight") and tensor.ndim == 2:
+                scale = tensor.abs().max().float() / FP8_MAX
+                stem = key.removesuffix(".weight")
+                tensors[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+                tensors[stem + ".weight_scale"] = scale.reshape(())
+                tensors[stem + ".input_scale"] = torch.tensor(1.0)
+            elif key.startswith("model.diffusion_model."):
+                tensors[key] = tensor.to(torch.bfloat16)
+            else:
+                tensors[key] = tensor
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def write_text_encoder(folder: Path, seed: int = 0) -> None:
+    """The tiny Gemma 3 as a Hugging Face folder, and next to it the same weights and tokenizer in ComfyUI's
+    single files: bf16 with the vision tower, and scaled fp8 without it."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from .text_encoder import GEMMA3_12B_TEXT_SETTINGS, TEXT_PREFIX, TOKENIZER_KEY, tokenizer_from_sentencepiece
+
+    spiece = train_tiny_sentencepiece()
+    tokenizer = tokenizer_from_sentencepiece(spiece, folder / "tokenizer.model")
     torch.manual_seed(seed)
-    config = Gemma3Config(text_config=GEMMA_TEXT, vision_config=GEMMA_VISION, mm_tokens_per_image=4,
-                          image_token_index=31, boi_token_index=29, eoi_token_index=30)
-    Gemma3ForConditionalGeneration(config).save_pretrained(folder)
-    vocab = {t: i for i, t in enumerate(("<pad>", "<eos>", "<bos>", "<unk>", *WORDS))}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                            unk_token="<unk>", padding_side="left").save_pretrained(folder)
+    config = Gemma3Config(text_config={**GEMMA_TEXT, **GEMMA3_12B_TEXT_SETTINGS}, vision_config=GEMMA_VISION,
+                          mm_tokens_per_image=4, image_token_index=TOKENIZER_PIECES,
+                          boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+                          eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"))
+    model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16)  # bf16, as Google's folder is
+    model.save_pretrained(folder)
+    (folder / "tokenizer.model").write_bytes(spiece)
+    tokenizer.save_pretrained(folder)
+
+    def named(prefix, module):
+        return {prefix + k: v.detach().contiguous() for k, v in module.state_dict().items()}
+
+    language = named(TEXT_PREFIX, model.model.language_model)
+    vision = {**named("vision_model.", model.model.vision_tower),
+              **named("multi_modal_projector.", model.model.multi_modal_projector)}
+    tokenizer_tensor = {TOKENIZER_KEY: torch.frombuffer(bytearray(spiece), dtype=torch.uint8)}
+    save_file({**language, **vision, **tokenizer_tensor}, str(folder.parent / TEXT_ENCODER_FILE))
+    save_file({**scaled_fp8(language), **tokenizer_tensor}, str(folder.parent / TEXT_ENCODER_FP8))
+
+
+def train_tiny_sentencepiece() -> bytes:
+    """A SentencePiece BPE model trained on the tiny vocabulary's words with Gemma's settings (byte fallback,
+    digits split, no dummy prefix, spaces kept, <pad> <eos> <bos> <unk> first, its control and user-defined
+    pieces); the same bytes every time."""
+    import io
+
+    import sentencepiece
+
+    sentences = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + ["0123456789, . ! ? - 360°"]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, model_type="bpe", vocab_size=TOKENIZER_PIECES,
+        byte_fallback=True, split_digits=True, add_dummy_prefix=False, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        control_symbols=["<mask>", "<start_of_image>", "<end_of_image>"],
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], num_threads=1, minloglevel=2)
+    return model.getvalue()
+
+
+def scaled_fp8(tensors: dict) -> dict:
+    """``tensors`` with each layer's projection weights in ComfyUI's per-layer scaled fp8: float8_e4m3fn
+    ``weight``, a scalar float32 ``weight_scale`` (max|w| / 448) and ``input_scale``, and the layer's format
+    as ``comfy_quant`` JSON bytes. Embeddings and norms stay as they are."""
+    import torch
+
+    quantised = {}
+    for key, tensor in tensors.items():
+        if key.endswith("_proj.weight") and tensor.ndim == 2:
+            layer = key.removesuffix(".weight")
+            scale = tensor.abs().max().float() / FP8_MAX
+            quantised[key] = (tensor.float() / scale).to(torch.float8_e4m3fn)
+            quantised[layer + ".weight_scale"] = scale.reshape(())
+            quantised[layer + ".input_scale"] = torch.tensor(1.0)
+            quantised[layer + ".comfy_quant"] = torch.tensor(list(b'{"format": "float8_e4m3fn"}'), dtype=torch.uint8)
+        else:
+            quantised[key] = tensor
+    return quantised
 
 
 def write_lora(path: Path, seed: int, reference_downscale_factor: int | None = 1) -> None:
@@ -162,12 +262,17 @@ def write_lora(path: Path, seed: int, reference_downscale_factor: int | None = 1
 
 
 def make_tiny_models(folder) -> dict:
-    """Write the tiny model set into ``folder``; returns the paths, keyed like ``job.json``'s ``models``."""
+    """Write the tiny model set into ``folder``; returns the paths: the dev set under ``job.json``'s
+    ``models`` names, and the other layouts (``checkpoint_fp8``, ``checkpoint_distilled``, …)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_checkpoint(folder / CHECKPOINT, build_components())
+    write_fp8_checkpoint(folder / CHECKPOINT, folder / CHECKPOINT_FP8)
+    write_checkpoint(folder / CHECKPOINT_DISTILLED, build_components(seed=3))
     write_text_encoder(folder / TEXT_ENCODER)
     write_lora(folder / IC_LORA, seed=1)
     write_lora(folder / DISTILLED_LORA, seed=2, reference_downscale_factor=None)
     return {"checkpoint": str(folder / CHECKPOINT), "text_encoder": str(folder / TEXT_ENCODER),
-            "ic_lora": str(folder / IC_LORA), "distilled_lora": str(folder / DISTILLED_LORA)}
+            "ic_lora": str(folder / IC_LORA), "distilled_lora": str(folder / DISTILLED_LORA),
+            "checkpoint_fp8": str(folder / CHECKPOINT_FP8), "checkpoint_distilled": str(folder / CHECKPOINT_DISTILLED),
+            "text_encoder_file": str(folder / TEXT_ENCODER_FILE), "text_encoder_fp8": str(folder / TEXT_ENCODER_FP8)}

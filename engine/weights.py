@@ -23,9 +23,15 @@ class Header:
     metadata: dict
     nbytes: dict  # tensor name → bytes on disk
     shapes: dict = field(default_factory=dict)  # tensor name → shape
+    dtypes: dict = field(default_factory=dict)  # tensor name → safetensors dtype ("BF16", "F8_E4M3", …)
 
     def bytes_under(self, *prefixes: str) -> int:
         return sum(n for k, n in self.nbytes.items() if k.startswith(prefixes))
+
+    def bytes_in_memory(self, *prefixes: str) -> int:
+        """As :meth:`bytes_under`, with fp8 weights at the bf16 size they are dequantised to."""
+        return sum(n * (2 if self.dtypes.get(k) == FP8_DTYPE else 1)
+                   for k, n in self.nbytes.items() if k.startswith(prefixes))
 
 
 def read_header(path: Path, what: str) -> Header:
@@ -51,13 +57,14 @@ def read_header(path: Path, what: str) -> Header:
     try:
         nbytes = {name: entry["data_offsets"][1] - entry["data_offsets"][0] for name, entry in header.items()}
         shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
+        dtypes = {name: entry["dtype"] for name, entry in header.items()}
         end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     except (TypeError, KeyError, IndexError):
         raise EngineError("corrupt_weights", f"{what} {path} has a damaged header: download it again") from None
     if 8 + length + end != size:
         raise EngineError("corrupt_weights", f"{what} {path} is {size:,} bytes but its header needs "
                                              f"{8 + length + end:,}: the download is incomplete, fetch it again")
-    return Header(tuple(header), metadata, nbytes, shapes)
+    return Header(tuple(header), metadata, nbytes, shapes, dtypes)
 
 
 def check_checkpoint(path: Path) -> Header:
@@ -74,6 +81,51 @@ def check_checkpoint(path: Path) -> Header:
         raise EngineError("corrupt_weights", f"{path} has no video VAE weights (vae.*): it is not the complete "
                                              "single-file checkpoint Lightricks ships")
     return header
+
+
+FP8_DTYPE = "F8_E4M3"
+WEIGHT_SCALE = ".weight_scale"  # the fp8 files' per-tensor scale: the weight is weight.to(bf16) * weight_scale
+INPUT_SCALE = ".input_scale"    # their calibrated activation scale, for fp8 matrix units
+# Words in a file's metadata values or its name that say which model it is; distilled first ("distilled"
+# files of other makers' releases also carry "dev" in their paths, never the reverse).
+VARIANT_WORDS = (("distilled", "distilled"), ("dev", "dev"))
+VARIANT_METADATA_KEYS = ("model_variant", "variant", "modelspec.title", "model_name", "name")
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    variant: str    # "dev" (guided, 30 steps) or "distilled" (8 steps, CFG 1)
+    fp8: bool       # F8_E4M3 weights stored with their scales
+    told_by: str    # where the variant was read: "job" (checkpoint_variant), "metadata" or "name"
+
+
+def checkpoint_kind(path: Path, header: Header, choice: str = "auto") -> CheckpointKind:
+    """Which LTX-2.3 checkpoint this is. fp8 is read off the tensors' types. The variant is the job's
+    ``checkpoint_variant`` when it is not "auto"; else the file's metadata where a value names it; else its
+    file name (Lightricks' names say ``dev`` or ``distilled``); else an error that says how to choose."""
+    fp8_weights = [k for k, dtype in header.dtypes.items() if dtype == FP8_DTYPE]
+    missing = [k for k in fp8_weights
+               if k.endswith(".weight") and k.removesuffix(".weight") + WEIGHT_SCALE not in header.nbytes]
+    if missing:
+        raise EngineError("corrupt_weights", f"{path}: {len(missing)} fp8 weights have no {WEIGHT_SCALE} (e.g. "
+                                             f"{missing[0]}); without it they are hundreds of times too large: "
+                                             "download the official fp8 file again")
+    fp8 = bool(fp8_weights)
+    if choice != "auto":
+        return CheckpointKind(choice, fp8, "job")
+    for key in VARIANT_METADATA_KEYS:
+        value = str(header.metadata.get(key, "")).lower()
+        for word, variant in VARIANT_WORDS:
+            if word in value:
+                return CheckpointKind(variant, fp8, "metadata")
+    name = path.name.lower()
+    for word, variant in VARIANT_WORDS:
+        if word in name:
+            return CheckpointKind(variant, fp8, "name")
+    raise EngineError("unknown_checkpoint", f"{path.name} does not say whether it is the dev or the distilled "
+                                            "LTX-2.3 checkpoint (neither its metadata nor its name): set "
+                                            "checkpoint_variant to dev or distilled (the add-on's preferences: "
+                                            "Checkpoint kind)")
 
 
 def check_lora(path: Path, what: str = "IC-LoRA") -> tuple[Header, int]:

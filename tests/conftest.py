@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import av
@@ -98,13 +99,20 @@ def textured_clip(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    """The tiny random-weight LTX-2.3 model set, made once by the real command: {name: path}."""
+def tiny_files(tmp_path_factory):
+    """The tiny random-weight LTX-2.3 model files in every layout, made once by the real command:
+    {name: path} (``make_tiny_models``'s names)."""
     folder = tmp_path_factory.mktemp("tiny")
     run = subprocess.run([sys.executable, "-m", "engine", "make-tiny-models", str(folder)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
+
+
+@pytest.fixture(scope="session")
+def models(tiny_files):
+    """The tiny dev set as job.json's ``models``: {checkpoint, text_encoder, ic_lora, distilled_lora}."""
+    return {f.name: tiny_files[f.name] for f in fields(ModelFiles)}
 
 
 # --- the engine, on tiny inputs -----------------------------------------------------------------------------

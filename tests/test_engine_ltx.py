@@ -23,7 +23,9 @@ from engine.configs import LTX23_CONFIGS
 from engine.device import DEVICE_ENV
 from engine.models import LOADED, component_class, load_components
 from engine.protocol_io import Channel, EngineError
-from engine.weights import check_checkpoint, check_lora, check_text_encoder
+from engine.weights import CheckpointKind, check_checkpoint, check_lora, check_text_encoder
+
+DEV = CheckpointKind("dev", fp8=False, told_by="name")
 
 # Lightricks' 30-step LTX-2.3 dev schedule (ltx-core LTX2Scheduler, no latent: shift 2.05, terminal 0.1).
 OFFICIAL_30 = (1.0, .995, .9896, .9839, .9778, .9714, .9644, .957, .949, .9403, .931, .9209, .9098, .8977, .8845,
@@ -136,7 +138,7 @@ def test_the_real_checkpoint_layout_converts_onto_every_full_size_component():
 # --- recipes -----------------------------------------------------------------------------------------------
 
 def test_quality_uses_lightricks_fixed_shift_schedule_and_official_guidance():
-    rec = recipes.recipe(Job.from_fields(reference="r", mask="m"), num_layers=48)
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m"), DEV, num_layers=48)
     assert np.allclose(rec.sigmas, OFFICIAL_30, atol=6e-5)
     assert rec.guidance["guidance_scale"] == 3 and rec.guidance["stg_scale"] == 1
     assert rec.guidance["spatio_temporal_guidance_blocks"] == [28] and rec.guidance["guidance_rescale"] == 0.7
@@ -144,8 +146,8 @@ def test_quality_uses_lightricks_fixed_shift_schedule_and_official_guidance():
 
 
 def test_fast_turns_every_guidance_term_off_for_video_and_audio():
-    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset="fast"), num_layers=48)
-    assert rec.sigmas == recipes.DISTILLED_SIGMAS and len(rec.sigmas) == 8 and rec.distilled
+    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset="fast"), DEV, num_layers=48)
+    assert rec.sigmas == recipes.DISTILLED_SIGMAS and len(rec.sigmas) == 8 and rec.distilled_lora
     g = rec.guidance
     assert g["guidance_scale"] == g["audio_guidance_scale"] == 1
     assert g["modality_scale"] == g["audio_modality_scale"] == 1
@@ -231,7 +233,7 @@ def test_a_checkpoint_without_audio_vae_or_vocoder_makes_the_same_video(tmp_path
     runs = {}
     for name, keep in (("whole", lambda k: True),
                        ("video_only", lambda k: not k.startswith(("audio_vae.", "vocoder.")))):
-        files = _rewritten(models, tmp_path / f"{name}.safetensors", keep)
+        files = _rewritten(models, tmp_path / f"{name}-dev.safetensors", keep)
         captured = Captured(monkeypatch)
         captured.run(make_job(tmp_path / name, tiny_reference, files))
         runs[name] = captured.latents
@@ -280,7 +282,7 @@ def _ltx20(models, folder):
 
 
 def _missing_tensor(models, folder):
-    return _rewritten(models, folder / "partial.safetensors", lambda k: k != "vae.decoder.conv_out.conv.weight")
+    return _rewritten(models, folder / "partial-dev.safetensors", lambda k: k != "vae.decoder.conv_out.conv.weight")
 
 
 def _truncated(models, folder):

@@ -26,7 +26,7 @@ from conftest import ROOT
 from engine import ltx, official, recipes
 from engine.configs import component_configs
 from engine.models import load_components
-from engine.weights import check_checkpoint
+from engine.weights import CheckpointKind, check_checkpoint
 
 GOLDEN = Path(os.environ.get("EQUI360_GOLDEN") or ROOT / "tests" / "data" / "ltx23-golden-a")
 TOLERANCE = 1e-4
@@ -83,13 +83,15 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
 
+DEV = CheckpointKind("dev", fp8=False, told_by="job")  # Lightricks' runs: Euler on the dev model
+
 
 def run(pipe, golden, monkeypatch, preset: str, continuation: bool, downscale: int = 1, steps: int | None = None):
     """The engine's denoise on the golden inputs, starting from the golden noise."""
     s, inputs = golden["settings"]["settings"], golden["inputs"]
     quality_steps = len(golden["settings"]["guidance"]["quality"]["sigmas"]) - 1
-    rec = recipes.recipe(Job.from_fields(reference="r", mask="m", preset=preset, steps=quality_steps),
-                     pipe.transformer.config.num_layers)
+    job = Job.from_fields(reference="r", mask="m", preset=preset, steps=quality_steps, sampler="euler")
+    rec = recipes.recipe(job, DEV, pipe.transformer.config.num_layers)
     if steps:
         rec = dataclasses.replace(rec, sigmas=rec.sigmas[:steps])
     vae, audio_vae = pipe.vae, pipe.audio_vae

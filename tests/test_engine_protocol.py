@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from blender_equi360 import Equi360Error
-from blender_equi360.jobs.job import Job, ModelFiles, load_job, output_path, save_job
+from blender_equi360.jobs.job import BASE_PROMPT, Job, ModelFiles, load_job, output_path, save_job
 from blender_equi360.jobs.protocol import EXIT_CODES, parse_event
 from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.metrics import mean_abs_error
@@ -148,7 +148,7 @@ def test_job_json_round_trips_and_rejects_bad_fields(tmp_path):
     job = Job.from_fields(reference="r.mkv", mask="m.mkv", preset="fast", seed=7, prompt="city at dusk",
               models=ModelFiles(checkpoint="/models/ltx.safetensors"))
     save_job(tmp_path, job)
-    assert load_job(tmp_path) == job and job.full_prompt == "equirectangular, city at dusk"
+    assert load_job(tmp_path) == job and job.full_prompt == f"{BASE_PROMPT}, city at dusk"
     for bad, message in (({"reference": "r", "mask": "m", "preset": "turbo"}, "preset"),
                          ({"reference": "r"}, "missing field"),
                          ({"reference": "r", "mask": "m", "version": 2}, "version"),

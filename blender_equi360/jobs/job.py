@@ -30,17 +30,22 @@ ENGINE_FILES = {JOB_FILE: "the job", LOG_FILE: "the engine's log", LOCK_FILE: "t
 VERSION = 1
 BACKENDS = ("auto", "ltx", "draft")
 PRESETS = ("quality", "fast")
-TRIGGER_WORD = "equirectangular"
+CHECKPOINT_VARIANTS = ("auto", "dev", "distilled")  # auto: as the checkpoint file says (its metadata or name)
+SAMPLERS = ("auto", "euler", "euler_ancestral")     # auto: the preset's (quality: euler, fast: euler_ancestral)
+CANVASES = ("1920x960", "2560x1280")  # the model's canvases: the LoRA's v0.1 and 1.0 training sizes
+# The VR-360 LoRA author's prompt for 1.0 (it holds v0.1's trigger word, "equirectangular"); the job's
+# prompt is appended to it.
+BASE_PROMPT = "360 degree equirectangular panorama, high quality, detailed video"
 MAX_PROMPT = 2000      # characters; Gemma reads up to 1024 tokens
 MAX_SEED = 2**32 - 1   # each window adds its index; torch takes up to 2**64 - 1
 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    checkpoint: str | None = None       # ltx-2.3-22b-dev.safetensors
-    text_encoder: str | None = None     # Gemma 3 12B folder
+    checkpoint: str | None = None       # ltx-2.3-22b-dev.safetensors, -distilled-1.1, or their -fp8
+    text_encoder: str | None = None     # Gemma 3 12B: its Hugging Face folder or ComfyUI's single file
     ic_lora: str | None = None          # the VR-360 IC-LoRA .safetensors
-    distilled_lora: str | None = None   # for the fast preset
+    distilled_lora: str | None = None   # for the fast preset on the dev checkpoint
 
     def configured(self) -> bool:
         return all((self.checkpoint, self.text_encoder, self.ic_lora))
@@ -59,9 +64,12 @@ class Job:
     output: str = "result.mp4"
     backend: str = "auto"
     preset: str = _made_from("quality")
+    checkpoint_variant: str = _made_from("auto")
+    sampler: str = _made_from("auto")
+    canvas: str | None = _made_from(None)           # None: the reference's own size (one of CANVASES)
     low_vram: bool = _made_from(False)
     models: ModelFiles = field(default_factory=ModelFiles)
-    prompt: str = _made_from("")                    # appended to the trigger word
+    prompt: str = _made_from("")                    # appended to BASE_PROMPT
     negative_prompt: str | None = _made_from(None)  # None: the model's default
     seed: int = _made_from(0)
     steps: int | None = _made_from(None)            # None: the preset's
@@ -84,6 +92,11 @@ class Job:
         _check(isinstance(self.delivery, DeliverySettings), "delivery must be DeliverySettings")
         _check(self.backend in BACKENDS, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         _check(self.preset in PRESETS, f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
+        _check(self.checkpoint_variant in CHECKPOINT_VARIANTS, f"checkpoint_variant {self.checkpoint_variant!r} is "
+                                                               f"not one of {', '.join(CHECKPOINT_VARIANTS)}")
+        _check(self.sampler in SAMPLERS, f"sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
+        _check(self.canvas is None or self.canvas in CANVASES, f"canvas {self.canvas!r} is not one of "
+                                                               f"{', '.join(CANVASES)} (or null: the reference's)")
         _check(isinstance(self.low_vram, bool), "low_vram must be true or false")
         _check(isinstance(self.prompt, str) and len(self.prompt) <= MAX_PROMPT, f"prompt must be text of at most "
                                                                                 f"{MAX_PROMPT} characters")
@@ -106,7 +119,7 @@ class Job:
 
     @property
     def full_prompt(self) -> str:
-        return f"{TRIGGER_WORD}, {self.prompt}" if self.prompt.strip() else TRIGGER_WORD
+        return f"{BASE_PROMPT}, {self.prompt}" if self.prompt.strip() else BASE_PROMPT
 
     @classmethod
     def generation_fields(cls) -> tuple[str, ...]:

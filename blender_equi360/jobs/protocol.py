@@ -40,11 +40,14 @@ EXIT_CODES = {
     "cancelled": 20,
     "disk_full": 21,         # finished windows are kept: free space and run the job again
     "permission_denied": 22,
+    "unknown_checkpoint": 23,  # neither the file nor the job says dev or distilled: set checkpoint_variant
+    "wrong_recipe": 24,        # the preset and the checkpoint do not go together (e.g. quality on distilled)
 }
 EVENTS = ("progress", "log", "warning", "error", "done")
 WARNING_CODES = {
     "draft_fallback": "no CUDA GPU or model files for backend auto: a labelled draft is made instead",
     "steps_ignored": "the fast preset has a fixed schedule: the job's steps are not used",
+    "distilled_lora_ignored": "the checkpoint is the distilled model itself: the distilled LoRA is not loaded",
 }
 CLIENT_CODES = {"crashed": "the engine ended without an error event (killed, or a fault in its Python)"}
 
