@@ -11,6 +11,7 @@ import time
 from .geometry.camera import Camera
 from .jobs.canvas import CanvasSize
 from .jobs.errors import Equi360Error
+from .jobs.lora_versions import DEFAULT_LORA_VERSION, LORA_VERSIONS
 from .media.video import DEFAULT_LOSSLESS_CODEC, LOSSLESS_CODECS
 from .stages.reference import CROPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
 
@@ -71,8 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--pitch", type=float, default=0.0, help="camera tilt in degrees, + = up (default 0)")
     ref.add_argument("--roll", type=float, default=0.0,
                      help="camera roll in degrees, + = counter-clockwise seen from behind (default 0)")
-    ref.add_argument("--crop", choices=CROPS, default="center", help="crop to 2.39:1 keeping these rows")
-    ref.add_argument("--size", default="1920x960", help="canvas WIDTHxHEIGHT, 2:1, multiples of 32")
+    ref.add_argument("--lora-version", choices=list(LORA_VERSIONS), default=DEFAULT_LORA_VERSION,
+                     help="the VR-360 LoRA the reference is for: its canvas, crop and sweet spot (default "
+                          f"{DEFAULT_LORA_VERSION}: " + "; ".join(f"{n}: {v.canvas}, crop {v.crop}"
+                                                                  for n, v in LORA_VERSIONS.items()) + ")")
+    ref.add_argument("--crop", choices=CROPS, default=None,
+                     help="crop to 2.39:1 keeping these rows, or none (default: the LoRA version's)")
+    ref.add_argument("--size", default=None,
+                     help="canvas WIDTHxHEIGHT, 2:1, multiples of 32 (default: the LoRA version's)")
     ref.add_argument("--frames", type=_frames, default=None,
                      help=f"output frames, 8k+1 (e.g. {DEFAULT_FRAMES}: one model window); default 'all': the whole "
                           "clip from --start, padded to 8k+1")
@@ -116,7 +123,8 @@ def _camera(args) -> Camera:
 
 
 def _reference(args) -> int:
-    settings = ReferenceSettings(camera=_camera(args), crop=args.crop, size=CanvasSize.parse(args.size),
+    settings = ReferenceSettings(camera=_camera(args), lora_version=args.lora_version, crop=args.crop,
+                                 size=CanvasSize.parse(args.size) if args.size else None,
                                  frames=args.frames, fps=args.fps, start_s=args.start, feather_px=args.feather,
                                  detect_letterbox=not args.no_letterbox, codec=args.codec)
     progress = None if args.quiet else ProgressBar("reference")

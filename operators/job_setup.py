@@ -3,17 +3,25 @@
 for, its reference, and the result brought back into the scene."""
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import bpy
 
-from ..blender_equi360 import ReferenceSettings, build_reference
+from ..blender_equi360 import CanvasSize, ReferenceSettings, build_reference
 from ..blender_equi360.jobs.job import PREFERENCE_FIELDS, job_from_preferences, new_job_folder, save_job
 from ..blender_equi360.jobs.timing import round_up_frame_count
 from ..blender_equi360.stages.reference import unfinished_job
 from . import compat, scene_read, world
 from .compat import sequencer_scene
 from .preferences import PACKAGE, preferences
+
+
+def reference_settings(prefs) -> ReferenceSettings:
+    """The reference the preferences ask for: the LoRA version's canvas and crop unless set otherwise."""
+    return ReferenceSettings(lora_version=prefs.lora_version,
+                             size=None if prefs.canvas == "auto" else CanvasSize.parse(prefs.canvas),
+                             crop=None if prefs.crop == "auto" else prefs.crop)
 
 
 def job_root(prefs) -> Path:
@@ -38,7 +46,8 @@ def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
     Raises Equi360Error with a message for the user."""
     scene, prefs = sequencer_scene(context), preferences(context)
     source = scene_read.read_strip(scene, strip)
-    pose, warnings = scene_read.read_camera(scene, source)
+    settings = reference_settings(prefs)
+    pose, warnings = scene_read.read_camera(scene, source, settings)
     for warning in warnings:
         operator.report({"WARNING"}, warning)
     # The whole shown span at the file's own rate: the 360° video gets the strip's frames and timing
@@ -46,9 +55,10 @@ def prepare_job(context, operator, strip, root: Path | None = None) -> Path:
     shown = max(source.timeline_frames, 1)
     models = {name: bpy.path.abspath(getattr(prefs, name)) or None
               for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")}
-    job = job_from_preferences({name: getattr(prefs, name) for name in PREFERENCE_FIELDS}, models, shown)
-    settings = ReferenceSettings(camera=pose.camera, frames=round_up_frame_count(shown),
-                                 fps=source.fps, start_s=source.start_s)
+    job = job_from_preferences({name: getattr(prefs, name) for name in PREFERENCE_FIELDS}, models, shown,
+                               str(settings.size))
+    settings = replace(settings, camera=pose.camera, frames=round_up_frame_count(shown), fps=source.fps,
+                       start_s=source.start_s)
     root = root or job_root(prefs)
     job_dir = unfinished_job(root, job, Path(source.filepath), settings)
     if job_dir:

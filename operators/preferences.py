@@ -10,6 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.delivery_settings import SIZES, DeliverySettings
+from ..blender_equi360.jobs.lora_versions import CANVASES, DEFAULT_LORA_VERSION, LORA_VERSIONS
 from ..blender_equi360.jobs.windows import MAX_WINDOW, MIN_OVERLAP, MIN_WINDOW, OVERLAP_FRAMES, WINDOW_FRAMES
 
 ADDON_ROOT = Path(__file__).resolve().parents[1]  # the extension folder: holds engine/ and blender_equi360/
@@ -27,19 +28,44 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         name="Engine Python", subtype="FILE_PATH",
         description="The Python of the engine's environment (with CUDA torch and diffusers), e.g. …/.venv/bin/python")
     checkpoint: StringProperty(name="LTX-2.3 checkpoint", subtype="FILE_PATH",
-                               description="ltx-2.3-22b-dev.safetensors")
-    text_encoder: StringProperty(name="Text encoder folder", subtype="DIR_PATH",
-                                 description="The Gemma 3 12B folder (config.json, tokenizer, safetensors)")
-    ic_lora: StringProperty(name="VR-360 IC-LoRA", subtype="FILE_PATH")
+                               description="ltx-2.3-22b-distilled-1.1.safetensors or ltx-2.3-22b-dev.safetensors, "
+                                           "or their -fp8 versions")
+    text_encoder: StringProperty(name="Text encoder", subtype="FILE_PATH",
+                                 description="Gemma 3 12B: its Hugging Face folder (config.json, tokenizer, "
+                                             "safetensors), or ComfyUI's gemma_3_12B_it(_fp8_scaled).safetensors")
+    ic_lora: StringProperty(name="VR-360 IC-LoRA", subtype="FILE_PATH",
+                            description="360vroutpaint_v2_step09000.safetensors (1.0) or the v0.1 file")
     distilled_lora: StringProperty(name="Distilled LoRA", subtype="FILE_PATH",
-                                   description="ltx-2.3-22b-distilled-lora-384-1.1.safetensors (fast preset)")
+                                   description="ltx-2.3-22b-distilled-lora-384-1.1.safetensors: the fast preset on "
+                                               "the dev checkpoint (not needed with the distilled one)")
+    checkpoint_variant: EnumProperty(name="Checkpoint kind", default="auto", items=(
+        ("auto", "Auto", "As the file says (its metadata or its name)"),
+        ("dev", "Dev", "The dev model: both presets (fast with the distilled LoRA)"),
+        ("distilled", "Distilled", "The distilled model: the fast preset, no distilled LoRA")))
+    lora_version: EnumProperty(name="LoRA version", default=DEFAULT_LORA_VERSION, items=[
+        (name, f"v{name}", f"References for the VR-360 LoRA {name}: {v.canvas}, sources of "
+                           f"{v.hfov_deg[0]:.0f}–{v.hfov_deg[1]:.0f}° across"
+                           + (", cropped to 2.39:1" if v.crop != "none" else ""))
+        for name, v in reversed(LORA_VERSIONS.items())])
+    canvas: EnumProperty(name="Canvas", default="auto", items=[
+        ("auto", "Auto", "The LoRA version's canvas"),
+        *[(size, size.replace("x", "×"), "The model's canvas for the reference") for size in CANVASES]])
+    crop: EnumProperty(name="Crop", default="auto", items=(
+        ("auto", "Auto", "The LoRA version's: none for 1.0, to 2.39:1 for v0.1"),
+        ("none", "None", "The picture as it is"),
+        ("center", "2.39:1", "Cropped to 2.39:1, keeping the middle rows")))
+    sampler: EnumProperty(name="Sampler", default="auto", items=(
+        ("auto", "Auto", "The preset's: Euler for quality, Euler ancestral for fast"),
+        ("euler", "Euler", "Deterministic steps"),
+        ("euler_ancestral", "Euler ancestral", "Fresh noise each step, as the LoRA's author samples")))
     backend: EnumProperty(name="Backend", default="auto", items=(
         ("auto", "Auto", "LTX-2.3 when a GPU and the model files are there, otherwise a draft"),
         ("ltx", "LTX-2.3", "The model; fails without a CUDA GPU"),
         ("draft", "Draft", "A classical fill: no GPU, no model, seconds")))
-    preset: EnumProperty(name="Preset", default="quality", items=(
-        ("quality", "Quality", "Dev model, 30 guided steps"),
-        ("fast", "Fast", "Distilled LoRA, 8 unguided steps")))
+    preset: EnumProperty(name="Preset", default="fast", items=(
+        ("fast", "Fast", "The LoRA author's recipe: 8 distilled steps at CFG 1 (distilled checkpoint, or dev with "
+                         "the distilled LoRA)"),
+        ("quality", "Quality", "Dev checkpoint, 30 guided steps")))
     low_vram: BoolProperty(name="Low VRAM", description="fp8 weights streamed to the GPU, for 24 GB cards")
     delivery_size: EnumProperty(name="Delivery", default=DeliverySettings().size, items=[
         (size, size.replace("x", "×"), what) for size, what in SIZES.items()])
@@ -93,7 +119,13 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         row = layout.row()
         row.prop(self, "backend")
         row.prop(self, "preset")
+        row.prop(self, "sampler")
         row.prop(self, "low_vram")
+        row = layout.row()
+        row.prop(self, "checkpoint_variant")
+        row.prop(self, "lora_version")
+        row.prop(self, "canvas")
+        row.prop(self, "crop")
         delivery = layout.box()
         delivery.label(text="Delivery")
         delivery.prop(self, "delivery_size")

@@ -12,7 +12,8 @@ import bpy
 
 from ..blender_equi360 import Camera, Equi360Error
 from ..blender_equi360.geometry.camera import MAX_HFOV_DEG, MIN_HFOV_DEG
-from ..blender_equi360.stages.reference import SWEET_SPOT_HFOV, TARGET_ASPECT, crops_to_target
+from ..blender_equi360.media.video import PictureBox
+from ..blender_equi360.stages.reference import TARGET_ASPECT, ReferenceSettings, plate_crop
 from . import compat
 
 
@@ -64,10 +65,10 @@ def read_strip(scene, strip) -> StripSource:
                        timeline_frames=strip.frame_final_duration, channel=strip.channel)
 
 
-def read_camera(scene, source: StripSource) -> tuple[CameraPose, list[str]]:
+def read_camera(scene, source: StripSource, settings: ReferenceSettings) -> tuple[CameraPose, list[str]]:
     """The scene camera at the strip's first frame as the core's :class:`Camera`, with warnings outside the
-    model's sweet spot, and when the camera moves or zooms over the strip (not supported yet: the first
-    frame's pose is used whatever frame the playhead shows)."""
+    sweet spot of the LoRA version ``settings`` are for (and its crop), and when the camera moves or zooms
+    over the strip (not supported yet: the first frame's pose is used whatever frame the playhead shows)."""
     obj = scene.camera
     if obj is None:
         raise Equi360Error("the scene has no camera: add one, or set the scene's camera, to place the plate")
@@ -94,10 +95,10 @@ def read_camera(scene, source: StripSource) -> tuple[CameraPose, list[str]]:
                         f"{other.heading_deg:.0f}° at frame {frame}; FOV {pose.camera.hfov_deg:.0f}° → "
                         f"{other.camera.hfov_deg:.0f}°): a moving camera is not supported yet, the pose at the "
                         f"strip's first frame ({first}) is used for the whole clip")
-    if not SWEET_SPOT_HFOV[0] <= hfov <= SWEET_SPOT_HFOV[1]:
-        warnings.append(f"the clip spans {hfov:.0f}° across; the model works best near 100°")
-    if crops_to_target(source.width, source.height):
-        warnings.append(f"the clip is {clip_aspect:.2f}:1; it will be cropped to {TARGET_ASPECT}:1, the model's shape")
+    width, height = plate_crop(PictureBox(0, 0, source.width, source.height), settings.crop)[2:]
+    warnings += settings.version.sweet_spot_warnings(hfov, width / height)
+    if (width, height) != (source.width, source.height):
+        warnings.append(f"the clip is {clip_aspect:.2f}:1; it will be cropped to {TARGET_ASPECT}:1 ({settings.crop})")
     return pose, warnings
 
 

@@ -26,6 +26,7 @@ prefs = bpy.context.preferences.addons["bl_ext.test_repo.equi360"].preferences
 prefs.engine_python = {python!r}
 prefs.backend = "draft"
 prefs.delivery_size = "1920x960"
+prefs.canvas = "1920x960"
 prefs.output_dir = {jobs!r}
 scene = bpy.context.scene
 scene.render.resolution_x, scene.render.resolution_y = 1912, 800
@@ -139,6 +140,9 @@ def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, cl
     assert result["status"] == ["FINISHED"]
     job = json.loads(open(os.path.join(result["job_dir"], "job.json")).read())
     assert job["backend"] == "draft" and job["reference"] == "reference.mkv"
+    # The preferences' recipe: the LoRA 1.0 author's by default, on the canvas the reference was built at.
+    assert (job["preset"], job["sampler"], job["checkpoint_variant"], job["canvas"]) == ("fast", "auto", "auto",
+                                                                                         "1920x960")
     video = os.path.join(result["job_dir"], "result_360.mp4")
     assert result["image"] == video and result["source"] == "MOVIE" and result["frame_start"] == 10
     assert result["heading"] == pytest.approx(30.0, abs=1e-3)
@@ -227,13 +231,14 @@ def test_a_camera_that_turns_over_the_strip_is_read_at_the_strips_first_frame_wi
             cam.keyframe_insert("rotation_euler", frame=frame)
         scene.frame_set(6)
         from bl_ext.test_repo.equi360.operators import scene_read
+        from bl_ext.test_repo.equi360.blender_equi360 import ReferenceSettings
         source = scene_read.read_strip(scene, scene.sequence_editor.active_strip)
-        pose, warnings = scene_read.read_camera(scene, source)
+        pose, warnings = scene_read.read_camera(scene, source, ReferenceSettings())
         still = bpy.data.objects.new("Still", cam.data.copy())
         scene.collection.objects.link(still)
         still.matrix_world = base
         scene.camera = still
-        _, still_warnings = scene_read.read_camera(scene, source)
+        _, still_warnings = scene_read.read_camera(scene, source, ReferenceSettings())
         report(heading=pose.heading_deg, warnings=warnings, still_warnings=still_warnings, playhead=scene.frame_current)
     """)
     assert result["heading"] == pytest.approx(0.0, abs=0.01) and result["playhead"] == 6

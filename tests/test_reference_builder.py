@@ -240,3 +240,40 @@ def test_reading_from_a_later_frame_gives_exactly_the_frames_from_there(tmp_path
         later = list(read_frames(result.video, start=start))
         assert len(later) == len(every) - start
         assert all(np.array_equal(a, b) for a, b in zip(later, every[start:]))
+
+
+# --- the LoRA version the reference is for -------------------------------------------------------------------
+
+def test_the_canvas_and_crop_follow_the_lora_version_unless_given():
+    assert (str(ReferenceSettings().size), ReferenceSettings().crop) == ("2560x1280", "none")  # 1.0, the default
+    v01 = ReferenceSettings(lora_version="0.1")
+    assert (str(v01.size), v01.crop) == ("1920x960", "center")
+    chosen = ReferenceSettings(lora_version="0.1", size=CanvasSize(2560, 1280), crop="none")
+    assert (str(chosen.size), chosen.crop) == ("2560x1280", "none")
+    with pytest.raises(Equi360Error, match="LoRA version '2.0'"):
+        ReferenceSettings(lora_version="2.0")
+
+
+@pytest.mark.parametrize("version, hfov, aspect, warned", [
+    ("1.0", 100, 1.78, []), ("1.0", 72, 2.39, []), ("1.0", 128, 1.33, []),
+    ("1.0", 60, 1.78, ["across"]), ("1.0", 100, 1.0, ["trained on 1.33:1 to 2.39:1"]),
+    ("0.1", 100, 2.39, []), ("0.1", 125, 2.39, ["80° to 120°"]), ("0.1", 100, 1.78, ["trained on 2.39:1"]),
+])
+def test_the_sweet_spot_warnings_follow_the_lora_version(version, hfov, aspect, warned):
+    from blender_equi360.jobs.lora_versions import LORA_VERSIONS
+    warnings = LORA_VERSIONS[version].sweet_spot_warnings(hfov, aspect)
+    assert len(warnings) == len(warned) and all(w in text for w, text in zip(warned, warnings)), warnings
+
+
+def test_the_cli_builds_for_the_lora_version_asked(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", 1, 320, 180, 24, lambda k: smooth_texture(320, 180, k))
+    made = run_cli("reference", clip, "-o", tmp_path / "v01.mkv", "--lora-version", "0.1", "--frames", "1",
+                   "--json", "-q")
+    assert made.returncode == 0, made.stderr
+    result = json.loads(made.stdout)
+    assert result["settings"]["size"] == "1920x960" and result["settings"]["crop"] == "center"
+    assert "cropped to 2.39:1" in made.stderr and probe(tmp_path / "v01.mkv").width == 1920
+    made = run_cli("reference", clip, "-o", tmp_path / "v10.mkv", "--frames", "1", "--json", "-q")
+    result = json.loads(made.stdout)
+    assert result["settings"]["size"] == "2560x1280" and result["settings"]["crop"] == "none"
+    assert "cropped" not in made.stderr and probe(tmp_path / "v10.mkv").width == 2560

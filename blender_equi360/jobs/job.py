@@ -19,6 +19,7 @@ from pathlib import Path
 from .atomic import write_json_atomically
 from .delivery_settings import DeliverySettings
 from .errors import Equi360Error, IncompatibleJob, require
+from .lora_versions import CANVASES
 from .windows import MANIFEST_FILE, OVERLAP_FRAMES, WINDOW_FRAMES, WINDOWS_DIR, check_window_settings
 
 JOB_FILE = "job.json"
@@ -32,7 +33,6 @@ BACKENDS = ("auto", "ltx", "draft")
 PRESETS = ("quality", "fast")
 CHECKPOINT_VARIANTS = ("auto", "dev", "distilled")  # auto: as the checkpoint file says (its metadata or name)
 SAMPLERS = ("auto", "euler", "euler_ancestral")     # auto: the preset's (quality: euler, fast: euler_ancestral)
-CANVASES = ("1920x960", "2560x1280")  # the model's canvases: the LoRA's v0.1 and 1.0 training sizes
 # The VR-360 LoRA author's prompt for 1.0 (it holds v0.1's trigger word, "equirectangular"); the job's
 # prompt is appended to it.
 BASE_PROMPT = "360 degree equirectangular panorama, high quality, detailed video"
@@ -167,19 +167,20 @@ class Job:
 
 
 # The job.json fields the add-on's preferences set (its properties carry these very names).
-PREFERENCE_FIELDS = ("backend", "preset", "low_vram", "window_frames", "window_overlap",
-                     *DeliverySettings.job_names())
+PREFERENCE_FIELDS = ("backend", "preset", "checkpoint_variant", "sampler", "low_vram", "window_frames",
+                     "window_overlap", *DeliverySettings.job_names())
 REFERENCE_NAME, MASK_NAME = "reference.mkv", "mask.mkv"  # in the job folders the add-on makes
 
 
-def job_from_preferences(preferences: dict, models: dict, output_frames: int) -> Job:
+def job_from_preferences(preferences: dict, models: dict, output_frames: int, canvas: str) -> Job:
     """The job the add-on makes for a strip: its preferences' values by job.json name (a CRF of −1 and passes
-    "none" mean unset), the model files (absolute paths or None), the strip's frame count."""
+    "none" mean unset), the model files (absolute paths or None), the strip's frame count, and the canvas
+    its reference is built at (recorded when it is one of the model's)."""
     fields = {name: preferences[name] for name in PREFERENCE_FIELDS}
     fields["delivery_crf"] = None if fields["delivery_crf"] < 0 else fields["delivery_crf"]
     fields["passes"] = None if fields["passes"] == "none" else fields["passes"]
     return Job.from_fields(reference=REFERENCE_NAME, mask=MASK_NAME, models=models, output_frames=output_frames,
-                           **fields)
+                           canvas=canvas if canvas in CANVASES else None, **fields)
 
 
 def _whole(value) -> bool:

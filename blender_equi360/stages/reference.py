@@ -18,6 +18,7 @@ from ..geometry.projection import PlateCrop, PlateMapping, prefiltered_plate_siz
 from ..jobs.atomic import atomic_outputs, write_json_atomically
 from ..jobs.canvas import CanvasSize
 from ..jobs.errors import Equi360Error
+from ..jobs.lora_versions import DEFAULT_LORA_VERSION, LoraVersion, lora_version
 from ..jobs.timing import frame_rate, round_up_frame_count, valid_frame_count
 from ..media.video import (
     DEFAULT_LOSSLESS_CODEC,
@@ -32,11 +33,9 @@ from ..media.video import (
     write_held_image,
 )
 
-TARGET_ASPECT = 2.39  # the model's sweet spot
-MODEL_CANVAS = CanvasSize(1920, 960)  # the reference's canvas, as the VR-360 LoRA is made
-MAX_CANVAS = CanvasSize(4096, 2048)  # the model's canvas: already 4.6× the tokens of 1920×960 per frame
+TARGET_ASPECT = 2.39  # the shape v0.1 of the LoRA was trained on, and what the crop makes
+MAX_CANVAS = CanvasSize(4096, 2048)  # the model's canvas: already 2.6× the tokens of 2560×1280 per frame
 CROPS = ("center", "top", "bottom", "none")
-SWEET_SPOT_HFOV = (80.0, 120.0)
 DEFAULT_FRAMES = 121
 MODEL_FPS = 24.0  # what the model is trained at; other rates work, with the timing kept
 
@@ -44,8 +43,9 @@ MODEL_FPS = 24.0  # what the model is trained at; other rates work, with the tim
 @dataclass(frozen=True)
 class ReferenceSettings:
     camera: Camera = field(default_factory=Camera)
-    crop: str = "center"            # to 2.39:1, keeping the centre/top/bottom rows; "none" keeps the aspect
-    size: CanvasSize = MODEL_CANVAS
+    lora_version: str = DEFAULT_LORA_VERSION  # the VR-360 LoRA the reference is for: the defaults below
+    crop: str | None = None         # to 2.39:1, keeping the centre/top/bottom rows; "none" keeps the aspect
+    size: CanvasSize | None = None  # None: the LoRA version's canvas (and crop)
     frames: int | None = DEFAULT_FRAMES  # 8k+1; None = the whole clip from start_s, padded up to 8k+1
     fps: float | None = None        # None: the clip's own rate (the delivery then times like the source)
     start_s: float = 0.0
@@ -54,6 +54,10 @@ class ReferenceSettings:
     codec: str = DEFAULT_LOSSLESS_CODEC
 
     def __post_init__(self):
+        if self.size is None:
+            object.__setattr__(self, "size", self.version.canvas)
+        if self.crop is None:
+            object.__setattr__(self, "crop", self.version.crop)
         if self.crop not in CROPS:
             raise Equi360Error(f"crop {self.crop!r} is not one of {', '.join(CROPS)}")
         if self.size.width > MAX_CANVAS.width:
@@ -76,6 +80,10 @@ class ReferenceSettings:
             raise Equi360Error("feather must be 0 pixels or more")
         if self.codec not in LOSSLESS_CODECS:
             raise Equi360Error(f"codec {self.codec!r} is not one of {', '.join(LOSSLESS_CODECS)}")
+
+    @property
+    def version(self) -> LoraVersion:
+        return lora_version(self.lora_version)
 
 
 @dataclass
@@ -114,11 +122,6 @@ def plate_crop(picture: PictureBox, crop: str) -> tuple[int, int, int, int]:
     ch = 2 * round(w / TARGET_ASPECT / 2)
     y = {"top": 0, "center": 2 * ((h - ch) // 4), "bottom": h - ch}[crop]
     return 0, y, w, ch
-
-
-def crops_to_target(width: int, height: int) -> bool:
-    """Whether a picture of this size is cropped to the model's shape (by the default, centred crop)."""
-    return plate_crop(PictureBox(0, 0, width, height), "center")[2:] != (width, height)
 
 
 def _check_outputs(source: Path, video: Path, mask: Path) -> None:
@@ -169,8 +172,7 @@ def build_reference(source, output, mask=None, settings: ReferenceSettings | Non
         notes.append(f"cropped to 2.39:1 ({settings.crop}): {cw}x{ch} of {picture.width}x{picture.height}")
     window = PlateCrop(cx, cy, cw, ch, picture.width, picture.height)
     camera = settings.camera
-    if not SWEET_SPOT_HFOV[0] <= camera.hfov_deg <= SWEET_SPOT_HFOV[1]:
-        notes.append(f"horizontal FOV {camera.hfov_deg:g}° is outside the model's sweet spot (≈100°)")
+    notes += settings.version.sweet_spot_warnings(camera.hfov_deg, cw / ch)
     if abs(float(info.fps) - settings.fps) > 1e-3:
         notes.append(f"frame rate resampled from {float(info.fps):.3f} to {settings.fps:g} fps (nearest frame)")
 
