@@ -13,7 +13,8 @@ from blender_equi360.jobs.errors import Equi360Error
 from blender_equi360.jobs.job import ModelFiles, job_path, load_job
 
 from .protocol_io import EngineError
-from .weights import check_checkpoint, check_lora, check_text_encoder
+from .text_encoder import check_text_encoder
+from .weights import check_checkpoint, check_lora
 
 CHECKS = {"checkpoint": check_checkpoint, "text_encoder": check_text_encoder, "ic_lora": check_lora,
           "distilled_lora": lambda p: check_lora(p, "distilled LoRA")}

@@ -34,12 +34,13 @@ from . import official, recipes, samplers, seam
 from .configs import component_configs
 from .device import device_and_dtype
 from .generators import GeneratorReport
-from .models import LOADED, load_components, load_lora, load_text_encoder
+from .memory import LOW_VRAM_BLOCKS_PER_GROUP, gigabytes, memory_plan
+from .models import LOADED, load_components, load_lora
 from .protocol_io import Channel, EngineError
 from .recipes import DISTILLED_LORA_STRENGTH, MAX_SEQUENCE_LENGTH, NEGATIVE_PROMPT, Recipe, recipe
-from .weights import CheckpointKind, Header, check_checkpoint, check_lora, check_text_encoder, checkpoint_kind
+from .text_encoder import TextEncoderFiles, check_text_encoder, load_text_encoder
+from .weights import CheckpointKind, Header, check_checkpoint, check_lora, checkpoint_kind
 
-LOW_VRAM_BLOCKS_PER_GROUP = 4
 # Free GPU memory under which the denoising models leave the GPU for a window's decode. A guess with room
 # to spare: the tiled decode's peak at 1920×960×121 has not been measured on a GPU yet (bench/engine_gpu.py).
 DECODE_HEADROOM_GB = 24
@@ -62,10 +63,6 @@ class _Phases:
         self.channel.check_cancel()
 
 
-def _gb(nbytes: float) -> float:
-    return round(nbytes / 2**30, 1)
-
-
 def _free(device: str) -> None:
     gc.collect()
     if device == "cuda":
@@ -79,7 +76,7 @@ class ModelPaths:
     checkpoint: Path
     header: Header                # the checkpoint's tensor names, shapes and metadata
     kind: CheckpointKind          # dev or distilled, bf16 or fp8
-    text_encoder: Path            # the Gemma 3 folder, or ComfyUI's single file
+    text_encoder: TextEncoderFiles  # the Gemma 3 folder, or ComfyUI's single file
     ic_lora: Path
     reference_downscale: int      # the IC-LoRA's reference_downscale_factor
     distilled_lora: Path | None   # set when the recipe fuses it (fast on the dev checkpoint)
@@ -101,8 +98,7 @@ def check_models(job: Job, job_dir: Path) -> ModelPaths:
                                              "distilled LoRA (ltx-2.3-22b-distilled-lora-384-1.1.safetensors): "
                                              "choose it in the add-on's preferences, or choose the distilled "
                                              "checkpoint (ltx-2.3-22b-distilled-1.1.safetensors)")
-    text_encoder = job_path(job_dir, models.text_encoder)
-    check_text_encoder(text_encoder)
+    text_encoder = check_text_encoder(job_path(job_dir, models.text_encoder))
     ic_lora = job_path(job_dir, models.ic_lora)
     _, downscale = check_lora(ic_lora)
     distilled = None
@@ -110,20 +106,6 @@ def check_models(job: Job, job_dir: Path) -> ModelPaths:
         distilled = job_path(job_dir, models.distilled_lora)
         check_lora(distilled, "distilled LoRA")
     return ModelPaths(checkpoint, header, kind, text_encoder, ic_lora, downscale, distilled)
-
-
-def memory_plan(header, text_encoder: Path, low_vram: bool) -> dict:
-    """Weights resident on the GPU in each phase (activations come on top; measured peaks are reported).
-    An fp8 file's weights count twice their size on disk: they are dequantised to bf16 on loading."""
-    shards = [text_encoder] if text_encoder.is_file() else text_encoder.glob("*.safetensors")
-    gemma = sum(p.stat().st_size for p in shards)
-    transformer = header.bytes_in_memory("model.diffusion_model.") - header.bytes_in_memory(
-        "model.diffusion_model.video_embeddings_connector", "model.diffusion_model.audio_embeddings_connector")
-    rest = header.bytes_in_memory("model.diffusion_model.", "text_embedding_projection.", "vae.", "audio_vae.")
-    rest -= transformer
-    if low_vram:  # fp8 storage, and only a few blocks on the GPU at a time
-        transformer = transformer // 2 * min(1.0, 4 * LOW_VRAM_BLOCKS_PER_GROUP / 48)
-    return {"text_gb": _gb(gemma), "denoise_gb": _gb(transformer + rest), "decode_gb": _gb(rest)}
 
 
 def _check_fits(plan: dict, device: str, low_vram: bool) -> None:
@@ -171,7 +153,7 @@ class LtxGenerator:
         self.downscale = paths.reference_downscale
         self.fps = probe(job_path(self.job_dir, job.reference)).fps  # the canvas was checked by the runner
         configs = component_configs(paths.header)
-        self.plan = memory_plan(paths.header, paths.text_encoder, job.low_vram)
+        self.plan = memory_plan(paths.header, paths.text_encoder.weight_bytes, job.low_vram)
         plan = self.plan
         kind = paths.kind
         channel.log(f"LTX-2.3 {kind.variant}{' fp8' if kind.fp8 else ''} ({paths.checkpoint.name}, told by its "
@@ -188,7 +170,7 @@ class LtxGenerator:
         with _out_of_memory_is_an_error(self.phases, self.device):
             # 1. text: Gemma encodes once for every window, then leaves
             self.phases.begin("encode_prompt", 1)
-            tokenizer, text_encoder = load_text_encoder(paths.text_encoder, self.device, self.dtype)
+            tokenizer, text_encoder = load_text_encoder(paths.text_encoder.path, self.device, self.dtype)
             text = LTX2InContextPipeline(scheduler=None, vae=None, audio_vae=None, text_encoder=text_encoder,
                                          tokenizer=tokenizer, connectors=None, transformer=None, vocoder=None)
             negative = job.negative_prompt if job.negative_prompt is not None else NEGATIVE_PROMPT
@@ -257,7 +239,7 @@ class LtxGenerator:
 
     def report(self) -> GeneratorReport:
         import torch
-        peak = _gb(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+        peak = gigabytes(torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
         if peak is not None:
             self.channel.log(f"peak GPU memory: {peak} GB")
         return {"peak_vram_gb": peak, "memory_plan_gb": self.plan}

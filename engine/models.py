@@ -104,20 +104,6 @@ def silent_audio_vae(config: dict, device: str):
     return module.eval().requires_grad_(False)
 
 
-def load_text_encoder(folder: Path, device: str, dtype):
-    """Gemma 3 and its tokenizer from a local folder (nothing is downloaded)."""
-    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = Gemma3ForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True,
-                                                               device_map=device)
-    except (OSError, ValueError) as err:
-        raise EngineError("corrupt_weights", f"text encoder {folder} could not be loaded ({err}): "
-                                             "choose the Gemma 3 12B folder") from None
-    return tokenizer, model.eval().requires_grad_(False)
-
-
 def load_lora(pipe, path: Path, adapter: str, what: str) -> None:
     try:
         pipe.load_lora_weights(str(path), adapter_name=adapter)

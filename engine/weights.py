@@ -146,28 +146,3 @@ def check_lora(path: Path, what: str = "IC-LoRA") -> tuple[Header, int]:
         raise EngineError("wrong_lora", f"{path}: reference_downscale_factor {recorded!r} in its metadata is not "
                                         "a positive integer")
     return header, factor
-
-
-def check_text_encoder(folder: Path) -> dict:
-    """A Gemma 3 folder: config.json of a gemma3 model, a tokenizer and safetensors weights."""
-    if folder.is_file():
-        raise EngineError("missing_weights", f"text encoder {folder} is a file: choose the Gemma 3 12B folder that "
-                                             "holds it")
-    if not folder.is_dir():
-        raise EngineError("missing_weights", f"text encoder folder not found: {folder} (the Gemma 3 12B folder)")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except FileNotFoundError:
-        raise EngineError("missing_weights", f"{folder} has no config.json: choose the Gemma 3 folder") from None
-    except json.JSONDecodeError:
-        raise EngineError("corrupt_weights", f"{folder}/config.json is damaged") from None
-    if config.get("model_type") != "gemma3":
-        raise EngineError("missing_weights", f"{folder} holds a {config.get('model_type')!r} model, not Gemma 3")
-    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer.model")):
-        raise EngineError("missing_weights", f"{folder} has no tokenizer (tokenizer.json)")
-    shards = sorted(folder.glob("*.safetensors"))
-    if not shards:
-        raise EngineError("missing_weights", f"{folder} has no .safetensors weights")
-    for shard in shards:
-        read_header(shard, "text encoder shard")
-    return config

@@ -23,7 +23,8 @@ from engine.configs import LTX23_CONFIGS
 from engine.device import DEVICE_ENV
 from engine.models import LOADED, component_class, load_components
 from engine.protocol_io import Channel, EngineError
-from engine.weights import CheckpointKind, check_checkpoint, check_lora, check_text_encoder
+from engine.text_encoder import check_text_encoder
+from engine.weights import CheckpointKind, check_checkpoint, check_lora
 
 DEV = CheckpointKind("dev", fp8=False, told_by="name")
 
@@ -77,7 +78,7 @@ def test_tiny_models_are_in_the_real_file_layouts(models):
     assert check_lora(__import__("pathlib").Path(models["ic_lora"]))[1] == 1
     with safe_open(models["ic_lora"], "pt") as f:
         assert all(k.startswith("diffusion_model.transformer_blocks.") and ".lora_" in k for k in f.keys())
-    assert check_text_encoder(__import__("pathlib").Path(models["text_encoder"]))["model_type"] == "gemma3"
+    assert check_text_encoder(__import__("pathlib").Path(models["text_encoder"])).layout == "folder"
 
 
 def test_every_component_loads_strictly_with_every_weight_in_place(models):

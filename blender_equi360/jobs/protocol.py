@@ -4,14 +4,19 @@ The engine writes one JSON object per line on stdout and nothing else there; log
 ``engine.log`` in the job folder. Events:
 
 * ``{"event": "progress", "stage": str, "step": int, "total": int, "eta_s": float | null}``, with
-  ``"window": int, "windows": int`` (1-based) while a window of a longer clip is being made
+  ``"window": int, "windows": int`` (1-based) while a window of a longer clip is being made; from
+  ``models fetch``, stage ``download`` counts bytes of the whole set, with ``"file": path, "file_step": int,
+  "file_total": int`` for the file in progress
 * ``{"event": "log", "message": str}``
 * ``{"event": "warning", "code": str, "message": str}``, ``code`` one of ``WARNING_CODES``
 * ``{"event": "error", "code": str, "message": str}``: the run failed; the process exits with
   ``EXIT_CODES[code]``
 * ``{"event": "done", "outputs": {"video": path}, "seconds": float, "backend": str, "draft": bool,
   "peak_vram_gb": float | null, "memory_plan_gb": {"text_gb", "denoise_gb", "decode_gb": float} | null}``
-  (the last two are the backend's report: the GPU memory it measured and planned; null for the draft)
+  (the last two are the backend's report: the GPU memory it measured and planned; null for the draft);
+  from ``models fetch``: ``{"event": "done", "outputs": {"checkpoint", "text_encoder", "ic_lora",
+  "distilled_lora": path | null}, "set": str, "folder": str, "downloaded_bytes": int, "seconds": float}``
+  (``outputs`` are job.json's ``models``: the paths for the add-on's preferences)
 
 The client (:mod:`.engine_process`) reports an engine that dies without an ``error`` as the error
 ``crashed`` (``CLIENT_CODES``).
@@ -42,6 +47,8 @@ EXIT_CODES = {
     "permission_denied": 22,
     "unknown_checkpoint": 23,  # neither the file nor the job says dev or distilled: set checkpoint_variant
     "wrong_recipe": 24,        # the preset and the checkpoint do not go together (e.g. quality on distilled)
+    "gated_repo": 25,          # models fetch: accept the repository's licence on the hub, and log in
+    "download_failed": 26,     # models fetch: no connection, a file missing upstream, or a damaged download
 }
 EVENTS = ("progress", "log", "warning", "error", "done")
 WARNING_CODES = {
