@@ -70,10 +70,11 @@ def make_clip(seconds: int) -> Path:
 
 
 def worker(clip: str) -> None:
-    from blender_equi360 import Camera, ReferenceSettings, build_reference
+    from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
     out = OUT / (Path(clip).stem + "_reference.mkv")
     started = time.monotonic()
-    result = build_reference(clip, out, settings=ReferenceSettings(camera=Camera(100), frames=None))
+    result = build_reference(clip, out, settings=ReferenceSettings(camera=Camera(100), size=CanvasSize(1920, 960),
+                                                                   frames=None))
     seconds = time.monotonic() - started
     hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
     print(json.dumps({"frames": result.frames_written, "seconds": seconds, "bytes": out.stat().st_size,

@@ -41,6 +41,7 @@ from common import write_section  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "quality"
 DOC = ROOT / "docs" / "QUALITY.md"
+REFERENCE_CANVAS = CanvasSize(1920, 960)  # the figures in QUALITY.md were measured on references this size
 SAMPLES = ROOT / "samples" / "build"
 FLAT_NAME = "city_flat.mp4"
 DELIVERY = "3840x1920"
@@ -56,7 +57,8 @@ def run_job(name: str, clip: Path, hfov: float, backend: str, models: dict | Non
     job_dir = OUT / name
     job_dir.mkdir(parents=True, exist_ok=True)
     if not (job_dir / "reference.json").exists():
-        build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv", ReferenceSettings(camera=Camera(hfov)))
+        build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
+                        ReferenceSettings(camera=Camera(hfov), size=REFERENCE_CANVAS))
     save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend=backend,
                                       delivery_size=DELIVERY,
                           models=ModelFiles(**(models or {}))))
@@ -107,7 +109,8 @@ def plate_case(flat: str, delivery: str) -> dict:
     job_dir = OUT / "plates" / f"{flat}_to_{delivery}"
     job_dir.mkdir(parents=True, exist_ok=True)
     build_reference(clip, job_dir / "reference.mkv", job_dir / "mask.mkv",
-                    ReferenceSettings(camera=Camera(100), frames=1 + 8 * ((PLATE_FRAMES + 6) // 8)))
+                    ReferenceSettings(camera=Camera(100), size=REFERENCE_CANVAS,
+                                      frames=1 + 8 * ((PLATE_FRAMES + 6) // 8)))
     save_job(job_dir, Job.from_fields(reference="reference.mkv", mask="mask.mkv", backend="draft",
                                       delivery_size=delivery))
     placement = load_placement(job_dir / "reference.mkv")
@@ -119,8 +122,8 @@ def plate_case(flat: str, delivery: str) -> dict:
         real = delivery_module.PlaybackVideoWriter
         delivery_module.PlaybackVideoWriter = writer or real
         try:
-            finish(generated, clip, placement, generated, mask, out, CanvasSize.parse(delivery), placement.frame_rate,
-                   settings=DeliverySettings(crf=crf, audio=False, spherical_metadata=writer is None))
+            finish(generated, clip, placement, generated, mask, out, placement.frame_rate,
+                   settings=DeliverySettings(size=delivery, crf=crf, audio=False, spherical_metadata=writer is None))
         finally:
             delivery_module.PlaybackVideoWriter = real
         report = score(out, clip, job_dir)["plate"]

@@ -38,5 +38,5 @@ def deliver(job_dir: Path, job: Job, frames, channel: Channel, title: str | None
     def progress(k, total):
         channel.progress("finish", k, total, started)
         channel.check_cancel()
-    return finish(frames, placement.source, placement, read_frames(reference), mask, out, job.delivery.canvas,
-                  placement.frame_rate, title=title, progress=progress, settings=job.delivery)
+    return finish(frames, placement.source, placement, read_frames(reference), mask, out, placement.frame_rate,
+                  title=title, progress=progress, settings=job.delivery)

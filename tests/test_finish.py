@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from blender_equi360 import Camera, CanvasSize, ReferenceSettings, build_reference
+from blender_equi360.jobs.delivery_settings import DeliverySettings
 from blender_equi360.jobs.job import Job, save_job
 from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.score import score
@@ -46,8 +47,8 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
     mask = next(read_frames(tmp_path / "mask.mkv", "gray"))
     placement = load_placement(tmp_path / "reference.mkv")
     out = tmp_path / "result.mp4"
-    finish(generated, clip, placement, read_frames(tmp_path / "reference.mkv"), mask, out, CanvasSize(1024, 512),
-           Fraction(24))
+    finish(generated, clip, placement, read_frames(tmp_path / "reference.mkv"), mask, out, Fraction(24),
+           settings=DeliverySettings(size="1024x512"))
     info = probe(out)
     assert (info.width, info.height, info.frame_count) == (1024, 512, 9)
     save_job(tmp_path, Job.from_fields(reference="reference.mkv", mask="mask.mkv"))

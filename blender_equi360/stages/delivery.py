@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from ..jobs.atomic import atomic_folder, atomic_outputs
-from ..jobs.canvas import CanvasSize
 from ..jobs.delivery_settings import DEFAULT_CRF, DeliverySettings
 from ..media.images import srgb_to_linear, write_exr, write_png16
 from ..media.mp4_spherical import inject_spherical
@@ -55,14 +54,14 @@ class PassWriter:
 
 
 @contextmanager
-def delivery(out: Path, size: CanvasSize, fps: Fraction, settings: DeliverySettings, generated: np.ndarray,
+def delivery(out: Path, fps: Fraction, settings: DeliverySettings, generated: np.ndarray,
              title: str | None = None, audio=None):
     """The delivered files of one job: yields ``write(rgb)`` for each finished frame. On a clean exit the
     video (marked 360°) and the passes are renamed into place; on any failure nothing is left.
 
     ``generated``: (H, W) float, 1 where the picture is generated and 0 on the source's plate;
     ``audio``: the source's sound (:func:`.audio.audio_for`) or None."""
-    codec = settings.codec_name()
+    size, codec = settings.canvas, settings.codec_name()
     crf = settings.crf if settings.crf is not None else DEFAULT_CRF[codec]
     with atomic_outputs(settings.video_path(Path(out))) as (tmp,), \
             atomic_folder(settings.passes_folder(Path(out))) as passes:

@@ -165,14 +165,15 @@ def _held(frames, count: int):
 
 
 def finish(generated, source: Path, placement: Placement, reference_frames, model_mask: np.ndarray,
-           out: Path, size: CanvasSize, fps: Fraction, title: str | None = None, progress=None,
+           out: Path, fps: Fraction, title: str | None = None, progress=None,
            settings: DeliverySettings | None = None) -> Path:
-    """Write the delivered video ``out`` at ``size`` from ``generated`` (a sequence of (H, W, 3) uint8
+    """Write the delivered video ``out`` at the settings' size from ``generated`` (a sequence of (H, W, 3) uint8
     frames at the model's canvas, re-iterable), the source clip and the reference's placement; returns
     the video's path (``settings`` may add ``_360`` to its name, and passes next to it).
 
     ``reference_frames`` (re-iterable, the job's reference) and ``model_mask`` drive the tone fit."""
     settings = settings or DeliverySettings()
+    size = settings.canvas
     known = model_mask < 128
     tone = fit_tone((g, r, known) for g, r in zip(generated, reference_frames))
     drift = _gain_image(fit_drift((tone.apply(g) for g in generated), known), *model_mask.shape[::-1])[..., None]
@@ -187,7 +188,7 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     generated_region = np.ones((size.height, size.width), np.float32)
     generated_region[plate.rows] = 1.0 - alpha[..., 0]
     audio = audio_for(source, placement.start_s, total / fps) if settings.audio else None
-    with delivery(out, size, fps, settings, generated_region, title, audio) as write:
+    with delivery(out, fps, settings, generated_region, title, audio) as write:
         for k, (frame, plate_bgra) in enumerate(zip(generated, plates), 1):
             toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
             canvas = resize_equirect(poles.apply(toned), size.width, size.height)
