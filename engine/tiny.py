@@ -15,7 +15,8 @@ real file layouts, so the real loading and generation code runs anywhere in seco
   ``gemma-3-tiny-fp8-scaled.safetensors``: the same weights and tokenizer in ComfyUI's single-file
   layouts, bf16 and scaled fp8 (see :mod:`engine.text_encoder`).
 - ``ic-lora-tiny.safetensors``: an IC-LoRA in the trainer's format (``diffusion_model.*.lora_A/B``,
-  ``reference_downscale_factor`` in the metadata); ``distilled-lora-tiny.safetensors``: the same format.
+  ``reference_downscale_factor`` in the metadata); ``ic-lora-1.0-tiny.safetensors``: one as 1.0 ships,
+  without that metadata (a factor of 1); ``distilled-lora-tiny.safetensors``: the same format.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FP8_MAX = 448.0  # the largest float8_e4m3fn value
 TINY_BF16_BLOCKS = (0,)
 TEXT_ENCODER = "gemma-3-tiny"
 IC_LORA = "ic-lora-tiny.safetensors"
+IC_LORA_1 = "ic-lora-1.0-tiny.safetensors"  # as the LoRA's 1.0 ships: no reference_downscale_factor (1)
 DISTILLED_LORA = "distilled-lora-tiny.safetensors"
 
 # The model's configuration as Lightricks' files carry it (``config`` metadata, ltx-core's names): the
@@ -271,8 +273,10 @@ def make_tiny_models(folder) -> dict:
     write_checkpoint(folder / CHECKPOINT_DISTILLED, build_components(seed=3))
     write_text_encoder(folder / TEXT_ENCODER)
     write_lora(folder / IC_LORA, seed=1)
+    write_lora(folder / IC_LORA_1, seed=4, reference_downscale_factor=None)
     write_lora(folder / DISTILLED_LORA, seed=2, reference_downscale_factor=None)
     return {"checkpoint": str(folder / CHECKPOINT), "text_encoder": str(folder / TEXT_ENCODER),
             "ic_lora": str(folder / IC_LORA), "distilled_lora": str(folder / DISTILLED_LORA),
             "checkpoint_fp8": str(folder / CHECKPOINT_FP8), "checkpoint_distilled": str(folder / CHECKPOINT_DISTILLED),
-            "text_encoder_file": str(folder / TEXT_ENCODER_FILE), "text_encoder_fp8": str(folder / TEXT_ENCODER_FP8)}
+            "text_encoder_file": str(folder / TEXT_ENCODER_FILE), "text_encoder_fp8": str(folder / TEXT_ENCODER_FP8),
+            "ic_lora_1": str(folder / IC_LORA_1)}

@@ -241,3 +241,14 @@ def test_the_ancestral_step_leaves_pinned_tokens_exactly_as_they_were():
     keep = pinned[0, :, 0].bool()
     assert torch.equal(stepped[:, keep], sample[:, keep])
     assert not torch.allclose(stepped[:, ~keep], sample[:, ~keep])
+
+
+def test_the_authors_set_runs_end_to_end(tmp_path, tiny_reference, models, tiny_files):
+    """The fp8 checkpoint with the distilled LoRA, ComfyUI's fp8 Gemma and a LoRA shipped as 1.0 is
+    (no reference_downscale_factor in its metadata): the fast recipe through ``python -m engine run``."""
+    files = {"checkpoint": tiny_files["checkpoint_fp8"], "text_encoder": tiny_files["text_encoder_fp8"],
+             "ic_lora": tiny_files["ic_lora_1"], "distilled_lora": models["distilled_lora"]}
+    rc, events, err = run_engine(make_job(tmp_path, tiny_reference, files, preset="fast", steps=None))
+    assert rc == 0, err
+    logs = " ".join(e["message"] for e in events if e["event"] == "log")
+    assert "LTX-2.3 dev fp8" in logs and events[-1]["event"] == "done"
