@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.delivery_settings import SIZES, DeliverySettings
@@ -15,10 +15,66 @@ from ..blender_equi360.jobs.windows import MAX_WINDOW, MIN_OVERLAP, MIN_WINDOW, 
 
 ADDON_ROOT = Path(__file__).resolve().parents[1]  # the extension folder: holds engine/ and blender_equi360/
 PACKAGE = __package__.rpartition(".")[0]          # bl_ext.<repo>.equi360
+MODEL_ROLES = ("checkpoint", "text_encoder", "ic_lora", "distilled_lora")  # as job.json's ``models``
 
 
 def preferences(context=None):
     return (context or bpy.context).preferences.addons[PACKAGE].preferences
+
+
+def use_model_files(prefs, paths: dict, file_says_kind: bool, lora_version: str | None = None,
+                    recipes=()) -> list[str]:
+    """Set the four model paths (a part the set has not is cleared) and what must go with them: the checkpoint
+    kind back to Auto when the file says its kind (kept when it does not and it is the file the kind was set
+    for), the LoRA version of the IC-LoRA, a preset the set can run. Returns those other changes, in words."""
+    changes = []
+    same_checkpoint = bpy.path.abspath(prefs.checkpoint) == paths.get("checkpoint")
+    for role in MODEL_ROLES:
+        setattr(prefs, role, paths.get(role) or "")
+    if (file_says_kind or not same_checkpoint) and prefs.checkpoint_variant != "auto":
+        prefs.checkpoint_variant = "auto"
+        changes.append("checkpoint kind: Auto")
+    if lora_version in LORA_VERSIONS and prefs.lora_version != lora_version:
+        prefs.lora_version = lora_version
+        changes.append(f"LoRA version: v{lora_version}")
+    if recipes and prefs.preset not in recipes:
+        prefs.preset = recipes[0]
+        changes.append(f"preset: {recipes[0]} (the set runs {' and '.join(recipes)} only)")
+    return changes
+
+
+class EQUI360_PG_found_set(bpy.types.PropertyGroup):
+    """One complete model set that Find Models found (``python -m engine models find``)."""
+    label: StringProperty()        # the set in one line, for the list
+    summary: StringProperty()      # its recipes and GPU memory, for the tooltip and the report
+    checkpoint: StringProperty()
+    text_encoder: StringProperty()
+    ic_lora: StringProperty()
+    distilled_lora: StringProperty()
+    variant: StringProperty()      # dev | distilled | "" (the file does not say)
+    lora_version: StringProperty()
+    recipes: StringProperty()      # comma-separated
+
+
+_found_set_items_alive = []  # Blender keeps pointers to a dynamic enum's strings: they must outlive the call
+
+
+def _found_set_items(prefs, context):
+    _found_set_items_alive[:] = [(str(i), entry.label, entry.summary) for i, entry in enumerate(prefs.found_sets)]
+    return _found_set_items_alive
+
+
+def use_found_set(prefs, index: int) -> list[str]:
+    """Fill the model preferences from the found set ``index``; returns the other changes."""
+    entry = prefs.found_sets[index]
+    changes = use_model_files(prefs, {role: getattr(entry, role) for role in MODEL_ROLES}, bool(entry.variant),
+                              entry.lora_version, [r for r in entry.recipes.split(",") if r])
+    prefs.models_report = "\n".join([f"Using: {entry.label}", entry.summary, *changes])
+    return changes
+
+
+def _on_found_set_chosen(prefs, context):
+    use_found_set(prefs, int(prefs.found_set))
 
 
 class EQUI360_AP_preferences(bpy.types.AddonPreferences):
@@ -38,6 +94,16 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
     distilled_lora: StringProperty(name="Distilled LoRA", subtype="FILE_PATH",
                                    description="ltx-2.3-22b-distilled-lora-384-1.1.safetensors: the fast preset on "
                                                "the dev checkpoint (not needed with the distilled one)")
+    models_dir: StringProperty(
+        name="Models folder", subtype="DIR_PATH",
+        description="Where Download Models puts a model set (in ComfyUI's layout: checkpoints/, text_encoders/, "
+                    "loras/; a ComfyUI models folder works) and where Find Models looks first, besides ComfyUI "
+                    "installs and the Hugging Face cache (default: the extension's user folder)")
+    found_sets: CollectionProperty(type=EQUI360_PG_found_set)
+    found_set: EnumProperty(name="Model set", items=_found_set_items, update=_on_found_set_chosen,
+                            description="The complete model sets Find Models found, most capable first: choose "
+                                        "one to use its files")
+    models_report: StringProperty(name="Model files", default="")  # what Find / Download Models said last
     checkpoint_variant: EnumProperty(name="Checkpoint kind", default="auto", items=(
         ("auto", "Auto", "As the file says (its metadata or its name)"),
         ("dev", "Dev", "The dev model: both presets (fast with the distilled LoRA)"),
@@ -114,8 +180,8 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
     def draw(self, context):
         layout = self.layout
         layout.prop(self, "engine_python")
-        for name in ("checkpoint", "text_encoder", "ic_lora", "distilled_lora"):
-            layout.prop(self, name)
+        from .models import draw_model_files  # here, not at the top: models.py imports this module
+        draw_model_files(layout, self, context)
         row = layout.row()
         row.prop(self, "backend")
         row.prop(self, "preset")

@@ -14,6 +14,17 @@ def report_error(operator, err: Exception | str, prefix: str = "") -> set:
     return {"CANCELLED"}
 
 
+def report_engine_error(operator, final: dict | None) -> set:
+    """The engine's final ``error`` event as ``Equi360 [code]: message`` (None: it ended without one); a
+    cancel is a warning, not an error."""
+    code = final["code"] if final else "crashed"
+    message = final["message"] if final else "the engine ended without a result"
+    if code == "cancelled":
+        operator.report({"WARNING"}, f"Equi360 [{code}]: {message}")
+        return {"CANCELLED"}
+    return report_error(operator, message, f"Equi360 [{code}]: ")
+
+
 def reports_errors(execute):
     """An operator's ``execute`` whose Equi360Error or OSError becomes the report, and CANCELLED."""
     @functools.wraps(execute)

@@ -6,11 +6,15 @@ loop in background mode) drains the queue on its own thread with :meth:`EnginePr
 
 Cancelling asks politely first (``cancel`` on stdin and SIGINT: the engine stops after the step in
 progress and writes nothing), then terminates and kills the whole process group, so no child is left.
+
+:class:`EngineQuery` runs the engine's short commands that print one JSON document (``models find``,
+``models sets``) the same way: in its own process group, read on a thread, killed with the others.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import queue
 import signal
@@ -25,30 +29,62 @@ from .protocol import ProtocolError, parse_event
 
 CANCEL_GRACE_S = 10.0     # the engine finishes its denoising step; a step can take seconds on a GPU
 TERMINATE_GRACE_S = 3.0
-_RUNNING: set["EngineProcess"] = set()
+QUERY_TIMEOUT_S = 120.0   # models find reads headers only (seconds); a hung one must not wait forever
+_RUNNING: set = set()     # every EngineProcess and EngineQuery still running
+
+
+def _start(python: str, args: list[str], cwd, env: dict | None, stdin=subprocess.PIPE) -> subprocess.Popen:
+    """``python -m engine ARGS`` in a new process group (so that a kill reaches its children too)."""
+    session = {"start_new_session": True} if os.name == "posix" else {
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    try:
+        return subprocess.Popen([python, "-m", "engine", *args], cwd=str(cwd), env=env, stdin=stdin,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                                bufsize=1, **session)
+    except OSError as err:
+        raise Equi360Error(f"could not start the engine with {python!r} ({err.strerror or err}): set the "
+                           "engine's Python to the interpreter of the engine's environment") from None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Terminate the process's whole group, then kill it."""
+    if proc.poll() is None:
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
+            proc.wait()
+    if os.name == "posix":  # children that outlived the leader
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _signal_group(proc: subprocess.Popen, sig) -> None:
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
 
 
 class EngineProcess:
-    """One ``python -m engine run JOB_DIR``. Events are protocol dicts; a crash (an exit without an
+    """One ``python -m engine run JOB_DIR``, or with ``args`` another command on the same protocol
+    (``models fetch SET DIR``; ``job_dir`` None). Events are protocol dicts; a crash (an exit without an
     ``error`` or ``done`` event, or a line that is not JSON) becomes an ``error`` event with code
     ``crashed`` and the tail of stderr."""
 
-    def __init__(self, python: str, job_dir, cwd, env: dict | None = None):
-        self.job_dir = Path(job_dir)
+    def __init__(self, python: str, job_dir, cwd, env: dict | None = None, args: list[str] | None = None):
+        self.job_dir = Path(job_dir) if job_dir is not None else None
         self._events: queue.Queue = queue.Queue()
         self._stderr_tail: deque = deque(maxlen=20)
         self._finished = False
         self._final = None
-        session = {"start_new_session": True} if os.name == "posix" else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-        try:
-            self._proc = subprocess.Popen([python, "-m", "engine", "run", str(self.job_dir)], cwd=str(cwd),
-                                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1,
-                                          **session)
-        except OSError as err:
-            raise Equi360Error(f"could not start the engine with {python!r} ({err.strerror or err}): set the "
-                               "engine's Python to the interpreter of the engine's environment") from None
+        self._proc = _start(python, args or ["run", str(self.job_dir)], cwd, env)
         _RUNNING.add(self)
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True, name="equi360-engine-stderr")
         self._stderr_reader.start()
@@ -132,47 +168,87 @@ class EngineProcess:
         """Ask the engine to stop; if it has not within ``grace_s``, terminate, then kill, its group.
         Blocks until the process is gone (at most ``grace_s`` + a few seconds)."""
         if self._proc.poll() is None:
-            try:
-                self._proc.stdin.write("cancel\n")
-                self._proc.stdin.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                pass
-            self._signal(signal.SIGINT if os.name == "posix" else signal.CTRL_BREAK_EVENT)
+            self.ask_to_stop()
             try:
                 self._proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.kill()
         self._drain_until_end()
 
+    def ask_to_stop(self) -> None:
+        """The polite half of :meth:`cancel`, without waiting: ``cancel`` on stdin and SIGINT. The engine ends
+        with an ``error`` event ``cancelled``; a caller that must not block kills it if that does not come."""
+        if self._proc.poll() is not None:
+            return
+        try:
+            self._proc.stdin.write("cancel\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        _signal_group(self._proc, signal.SIGINT if os.name == "posix" else signal.CTRL_BREAK_EVENT)
+
     def kill(self) -> None:
         """Terminate the whole process group, then kill it."""
-        if self._proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self._proc.wait(TERMINATE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL if os.name == "posix" else signal.SIGTERM)
-                self._proc.wait()
-        if os.name == "posix":  # children that outlived the leader
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def _signal(self, sig) -> None:
-        try:
-            if os.name == "posix":
-                os.killpg(self._proc.pid, sig)
-            else:
-                self._proc.send_signal(sig)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
+        _kill_group(self._proc)
 
     def _drain_until_end(self, timeout: float = 5.0) -> None:
         """Wait (briefly) for the reader to see the end of the stream; events stay queued for poll()."""
         deadline = time.monotonic() + timeout
         while self._proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class EngineQuery:
+    """One engine command that prints one JSON document and ends (``models find``, ``models sets``). Its
+    output is read on a thread, so a timer can look at :attr:`finished` without Blender ever waiting;
+    :meth:`wait` blocks instead (background mode)."""
+
+    def __init__(self, python: str, args: list[str], cwd, env: dict | None = None,
+                 timeout_s: float = QUERY_TIMEOUT_S):
+        self.command = " ".join(args[:2])  # "models find", for the messages
+        self._timeout_s = timeout_s
+        self._output: tuple[str, str, bool] | None = None  # stdout, stderr, timed out
+        self._proc = _start(python, args, cwd, env, stdin=subprocess.DEVNULL)
+        _RUNNING.add(self)
+        self._reader = threading.Thread(target=self._read, daemon=True, name="equi360-engine-query")
+        self._reader.start()
+
+    def _read(self) -> None:
+        timed_out = False
+        try:
+            out, err = self._proc.communicate(timeout=self._timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.kill()
+            out, err = self._proc.communicate()
+        _RUNNING.discard(self)
+        self._output = (out, err, timed_out)
+
+    @property
+    def finished(self) -> bool:
+        return self._output is not None
+
+    def wait(self) -> dict:
+        self._reader.join()
+        return self.result()
+
+    def result(self) -> dict:
+        """The command's JSON document, once :attr:`finished`; Equi360Error says why there is none."""
+        out, err, timed_out = self._output
+        if timed_out:
+            raise Equi360Error(f"the engine's {self.command} took more than {self._timeout_s:.0f} s and was stopped")
+        if self._proc.returncode != 0:
+            lines = err.strip().splitlines()
+            why = lines[-1] if lines else f"exit status {self._proc.returncode}"
+            raise Equi360Error(f"the engine's {self.command} failed: {why}")
+        try:
+            return json.loads(out)
+        except json.JSONDecodeError:
+            raise Equi360Error(f"the engine's {self.command} printed no report: is the engine's Python the "
+                               "interpreter of the engine's environment?") from None
+
+    def kill(self) -> None:
+        _kill_group(self._proc)
 
 
 def kill_all() -> None:
