@@ -147,18 +147,18 @@ def test_quality_on_the_distilled_checkpoint_is_refused_with_what_to_choose():
 
 
 def test_the_distilled_checkpoint_runs_the_fast_recipe_without_the_distilled_lora(tmp_path, tiny_reference, models,
-                                                                                  tiny_files):
+                                                                                  tiny_files, monkeypatch):
     files = {**models, "checkpoint": tiny_files["checkpoint_distilled"], "distilled_lora": None}
-    rc, events, err = run_engine(make_job(tmp_path / "alone", tiny_reference, files, preset="fast", steps=None))
-    assert rc == 0, err
+    job_dir = make_job(tmp_path / "alone", tiny_reference, files, preset="fast", steps=None)
+    _, events = Captured(monkeypatch).run(job_dir)
     steps = [e["total"] for e in events if e["event"] == "progress" and e["stage"] == "denoise"]
     assert steps[-1] == 8
     logs = " ".join(e["message"] for e in events if e["event"] == "log")
     assert "LTX-2.3 distilled" in logs and "told by its file name" in logs
     # A distilled LoRA named anyway is left out, and said so.
     with_lora = {**files, "distilled_lora": models["distilled_lora"]}
-    rc, events, err = run_engine(make_job(tmp_path / "lora", tiny_reference, with_lora, preset="fast", steps=None))
-    assert rc == 0, err
+    _, events = Captured(monkeypatch).run(make_job(tmp_path / "lora", tiny_reference, with_lora, preset="fast",
+                                                   steps=None))
     assert [e["code"] for e in events if e["event"] == "warning"] == ["distilled_lora_ignored"]
 
 
@@ -169,19 +169,21 @@ def test_a_mismatch_exits_with_its_code_and_leaves_nothing(tmp_path, tiny_refere
     assert not (tmp_path / "result.mp4").exists()
 
 
-def test_a_renamed_checkpoint_runs_once_the_job_says_which_it_is(tmp_path, tiny_reference, models):
+def test_a_renamed_checkpoint_runs_once_the_job_says_which_it_is(tmp_path, tiny_reference, models, monkeypatch):
     renamed = tmp_path / "model.safetensors"
     renamed.write_bytes(Path(models["checkpoint"]).read_bytes())
     files = {**models, "checkpoint": str(renamed)}
-    rc, events, _ = run_engine(make_job(tmp_path / "unsaid", tiny_reference, files))
-    assert rc == EXIT_CODES["unknown_checkpoint"] and "checkpoint_variant" in events[-1]["message"]
-    rc, events, err = run_engine(make_job(tmp_path / "said", tiny_reference, files, checkpoint_variant="dev"))
-    assert rc == 0, err
+    with pytest.raises(EngineError) as info:
+        Captured(monkeypatch).run(make_job(tmp_path / "unsaid", tiny_reference, files))
+    assert info.value.code == "unknown_checkpoint" and "checkpoint_variant" in str(info.value)
+    Captured(monkeypatch).run(make_job(tmp_path / "said", tiny_reference, files, checkpoint_variant="dev"))
+    assert (tmp_path / "said" / "result.mp4").exists()
 
 
-def test_a_job_canvas_the_reference_does_not_have_is_bad_input(tmp_path, tiny_reference, models):
-    rc, events, _ = run_engine(make_job(tmp_path, tiny_reference, models, canvas="2560x1280"))
-    assert rc == EXIT_CODES["bad_input"] and "2560x1280" in events[-1]["message"]
+def test_a_job_canvas_the_reference_does_not_have_is_bad_input(tmp_path, tiny_reference, models, monkeypatch):
+    with pytest.raises(EngineError) as info:
+        Captured(monkeypatch).run(make_job(tmp_path, tiny_reference, models, canvas="2560x1280"))
+    assert info.value.code == "bad_input" and "2560x1280" in str(info.value)
 
 
 # --- euler_ancestral, as ComfyUI defines it for flow-matching models -----------------------------------------

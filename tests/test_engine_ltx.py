@@ -307,12 +307,13 @@ def _lora_for_another_model(models, folder):
     (lambda m, f: {**m, "ic_lora": m["checkpoint"]}, "wrong_lora", "LoRA"),
     (_lora_for_another_model, "wrong_lora", "does not fit"),
 ])
-def test_each_model_fault_has_its_code_and_names_the_file(tmp_path, tiny_reference, models, break_models, code, words):
+def test_each_model_fault_has_its_code_and_names_the_file(tmp_path, tiny_reference, models, break_models, code, words,
+                                                         monkeypatch):
+    """In this process (each code's exit status through ``python -m engine run`` is test_engine_protocol's)."""
     broken = break_models(models, tmp_path)
-    rc, events, err = run_engine(make_job(tmp_path / "job", tiny_reference, broken))
-    error = events[-1]
-    assert rc == EXIT_CODES[code] and error["event"] == "error" and error["code"] == code, err
-    assert words in error["message"] and "\n" not in error["message"]
+    with pytest.raises(EngineError) as info:
+        Captured(monkeypatch).run(make_job(tmp_path / "job", tiny_reference, broken))
+    assert info.value.code == code and words in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "job" / "result.mp4").exists()
 
 

@@ -21,7 +21,7 @@ PASS_ALPHA = ("alpha", "separate")
 # output with CRF 16, 41.6 with 12 (+45 % bytes), 42.3 with 10. HEVC at the same CRF keeps more.
 DEFAULT_CRF = {"h264": 12, "hevc": 14}
 # The delivery sizes the add-on offers, with what each is for.
-SIZES = {"1920x960": "The model's own canvas", "2560x1280": "",
+SIZES = {"1920x960": "The canvas of the LoRA v0.1", "2560x1280": "The canvas of the LoRA 1.0",
          "3840x1920": "The usual 360° delivery; the plate is laid back at this density",
          "4096x2048": "The largest H.264 hardware decoders take", "5760x2880": "Above 4096×2048 the Auto codec is HEVC",
          "7680x3840": "What YouTube wants for its sharpest 360° streams"}
