@@ -51,7 +51,7 @@ $(LTS_INSTALLED): requirements-lts.txt
 
 test: $(INSTALLED) $(LTS_INSTALLED)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4  # pytest-xdist: the suite's files spread over up to 4 cores
 
 bench: $(INSTALLED)
 	$(PY) bench/reference.py
