@@ -13,7 +13,7 @@ from pathlib import Path
 from .configs import component_configs
 from .convert import split_checkpoint
 from .protocol_io import EngineError
-from .weights import FP8_DTYPE, INPUT_SCALE, WEIGHT_SCALE, Header
+from .weights import FP8_DTYPE, INPUT_SCALE, WEIGHT_SCALE, Header, dequantised, mismatch
 
 COMPONENT_NAMES = {"transformer": "transformer", "connectors": "text connectors", "vae": "video VAE",
                    "audio_vae": "audio VAE", "vocoder": "vocoder"}
@@ -34,12 +34,8 @@ def build_component(name: str, config: dict, tensors: dict, source: Path):
     cls = component_class(name)
     with init_empty_weights():
         module = cls.from_config(config)
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        detail = "; ".join(part for part in (
-            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "") if part)
+    detail = mismatch(module.state_dict(), tensors)
+    if detail:
         raise EngineError("corrupt_weights", f"{source}: the {COMPONENT_NAMES[name]} weights do not match "
                                              f"LTX-2.3 ({detail}): choose ltx-2.3-22b-dev.safetensors")
     try:
@@ -81,13 +77,6 @@ def load_components(path: Path, header: Header, device: str, dtype, names=LOADED
             if on_loaded:
                 on_loaded(name)
     return loaded
-
-
-def dequantised(weight, scale, dtype):
-    """An fp8 weight of Lightricks' fp8 files as the bf16 model's: ``weight · weight_scale`` (a per-tensor
-    scale; the raw fp8 values are hundreds of times too large). Computed in float32, then cast."""
-    import torch
-    return (weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
 
 
 def silent_audio_vae(config: dict, device: str):

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .protocol_io import EngineError
-from .weights import Header, read_header
+from .weights import Header, dequantised, mismatch, read_header
 
 BF16_FILE = "gemma_3_12B_it.safetensors"
 FP8_FILE = "gemma_3_12B_it_fp8_scaled.safetensors"
@@ -290,7 +290,6 @@ def gemma3_text_config(shapes: dict, source: Path):
 
 def _load_single_file(path: Path, device: str, dtype):
     """ComfyUI's file as ``Gemma3TextModel``, built without storage and filled strictly, tensor by tensor."""
-    import torch
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import Gemma3TextModel
@@ -302,18 +301,13 @@ def _load_single_file(path: Path, device: str, dtype):
     with safe_open(str(path), framework="pt", device=device) as f:
         for key in _text_weights(header):
             tensor = f.get_tensor(key)
-            if header.dtypes[key] in FP8_TYPES:  # dequantised once, in float32, then kept in the compute type
-                scale = f.get_tensor(_scale_key(header, key)).to(torch.float32).reshape(())
-                tensor = tensor.to(torch.float32) * scale
+            if header.dtypes[key] in FP8_TYPES:
+                tensor = dequantised(tensor, f.get_tensor(_scale_key(header, key)), dtype)
             tensors[key.removeprefix(TEXT_PREFIX)] = tensor.to(dtype)
     with init_empty_weights():  # parameters without storage, filled below; the rotary buffers are real
         model = Gemma3TextModel(config)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        detail = "; ".join(part for part in (
-            f"{len(missing)} missing (e.g. {TEXT_PREFIX}{missing[0]})" if missing else "",
-            f"{len(unexpected)} unexpected (e.g. {TEXT_PREFIX}{unexpected[0]})" if unexpected else "") if part)
+    detail = mismatch(model.state_dict(), tensors, TEXT_PREFIX)
+    if detail:
         raise EngineError("corrupt_weights", f"{path}: the weights do not match Gemma 3 ({detail}): {USE_INSTEAD}")
     try:
         model.load_state_dict(tensors, strict=True, assign=True)

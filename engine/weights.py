@@ -83,6 +83,24 @@ def check_checkpoint(path: Path) -> Header:
     return header
 
 
+def mismatch(expected, given, prefix: str = "") -> str | None:
+    """What a strict load would refuse, in words (``None`` when the names match): how many weights are
+    missing and unexpected, with an example of each (named as the file names them, with ``prefix``)."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    if not missing and not unexpected:
+        return None
+    return "; ".join(part for part in (
+        f"{len(missing)} missing (e.g. {prefix}{missing[0]})" if missing else "",
+        f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})" if unexpected else "") if part)
+
+
+def dequantised(weight, scale, dtype):
+    """An fp8 weight as the model it was quantised from has it: ``weight · scale`` (a per-tensor scale: the raw
+    fp8 values are hundreds of times too large). Computed in float32, then cast to ``dtype``."""
+    import torch
+    return (weight.to(torch.float32) * scale.to(torch.float32).reshape(())).to(dtype)
+
+
 FP8_DTYPE = "F8_E4M3"
 WEIGHT_SCALE = ".weight_scale"  # the fp8 files' per-tensor scale: the weight is weight.to(bf16) * weight_scale
 INPUT_SCALE = ".input_scale"    # their calibrated activation scale, for fp8 matrix units

@@ -58,6 +58,15 @@ def _status_text(context, text: str | None) -> None:
         context.workspace.status_text_set(text)
 
 
+def _wait_modally(operator, context, status: str) -> set:
+    """Blender waits for nothing: a timer wakes the operator's ``modal`` until the engine has answered."""
+    wm = context.window_manager
+    operator._timer = wm.event_timer_add(TIMER_S, window=context.window)
+    wm.modal_handler_add(operator)
+    _status_text(context, status)
+    return {"RUNNING_MODAL"}
+
+
 def _size(nbytes: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6)):
         if nbytes >= scale:
@@ -175,11 +184,7 @@ class EQUI360_OT_find_models(bpy.types.Operator):
             return self.execute(context)
         if not self._start(context):
             return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
-        wm.modal_handler_add(self)
-        _status_text(context, "Equi360: looking for the model files (Esc cancels)")
-        return {"RUNNING_MODAL"}
+        return _wait_modally(self, context, "Equi360: looking for the model files (Esc cancels)")
 
     def modal(self, context, event):
         if event.type == "ESC":
@@ -315,12 +320,8 @@ class EQUI360_OT_download_models(bpy.types.Operator):
             return self.execute(context)
         if not self._start(context):
             return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(TIMER_S, window=context.window)
-        wm.modal_handler_add(self)
-        wm.progress_begin(0, 1000)
-        _status_text(context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
-        return {"RUNNING_MODAL"}
+        context.window_manager.progress_begin(0, 1000)
+        return _wait_modally(self, context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
 
     def modal(self, context, event):
         if event.type == "ESC" and self._stop_by is None:
