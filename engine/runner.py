@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from blender_equi360.jobs.protocol import EXIT_CODES
 from blender_equi360.jobs.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
 from blender_equi360.media.video import LosslessVideoWriter, probe, read_frames
 from blender_equi360.stages.join import joined_video
+from blender_equi360.stages.reference import build_reference, built_from, settings_for
 
 from . import draft, ltx
 from .deliver import deliver, placement_with_source
@@ -56,7 +57,8 @@ def generation_inputs(job_dir: Path, job: Job, backend: str) -> dict:
     """Everything a window's frames depend on (the job's generation fields, the backend, the input files):
     a finished window is reused only while these stay the same (the delivery settings, such as the output
     name or size, are not among them)."""
-    settings = {name: getattr(job, name) for name in Job.generation_fields()}
+    settings = {name: asdict(value) if is_dataclass(value) else value
+                for name, value in ((name, getattr(job, name)) for name in Job.generation_fields())}
     models = {name: _file_identity(job_path(job_dir, path)) if path else None
               for name, path in asdict(job.models).items()} if backend == "ltx" else None
     return {**settings, "backend": backend, "models": models,
@@ -168,11 +170,41 @@ def job_lock(job_dir: Path):
         handle.close()
 
 
+def make_reference(job_dir: Path, job: Job, channel: Channel) -> None:
+    """Stage ``reference``: the job's reference, mask and placement record built from its ``source``,
+    unless they already were (a job run again)."""
+    try:
+        settings = settings_for(job.source)
+    except Equi360Error as err:
+        raise EngineError("bad_job", f"source: {err}") from None
+    clip, reference, mask = (job_path(job_dir, p) for p in (job.source.path, job.reference, job.mask))
+    if built_from(reference, mask, clip, settings):
+        channel.log(f"reference: {reference.name} is already built from {clip.name}")
+        return
+    started = time.monotonic()
+
+    def progress(done: int, total: int | None) -> None:
+        channel.progress("reference", done, total or done, started)
+        channel.check_cancel()
+    result = build_reference(clip, reference, mask, settings, progress)
+    channel.log(f"reference: {result.frames_written} frames, {settings.size}, plate {result.window.width}x"
+                f"{result.window.height} → {result.footprint_fraction:.1%} of the canvas")
+    for note in result.notes:
+        channel.log(f"reference: {note}")
+
+
 def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
-    """Make the job's windows that are not made yet, then deliver; returns the ``done`` event's fields."""
+    """Build the reference when the job gives its source, make the windows that are not made yet, then
+    deliver; returns the ``done`` event's fields."""
     channel.log(f"job {job_dir}: backend {backend}, preset {job.preset}")
     with job_lock(job_dir):
         remove_partials(job_dir)
+        if job.source:
+            make_reference(job_dir, job, channel)
+        if job.stop_after == "reference":
+            return {"outputs": {"reference": str(job_path(job_dir, job.reference)),
+                                "mask": str(job_path(job_dir, job.mask))},
+                    "peak_vram_gb": None, "memory_plan_gb": None, "backend": None, "draft": False}
         check_inputs(job_dir, job)
         generator = GENERATORS[backend](job_dir, job, channel)
         try:
@@ -205,7 +237,8 @@ def run(job_dir, channel: Channel) -> int:
             raise EngineError("incompatible_job", str(err)) from None
         except Equi360Error as err:
             raise EngineError("bad_job", str(err)) from None
-        result = run_job(job_dir, job, choose_backend(job, channel), channel)
+        backend = choose_backend(job, channel) if job.stop_after == "delivery" else None
+        result = run_job(job_dir, job, backend, channel)
         channel.emit("done", **result, seconds=round(time.monotonic() - started, 2))
         return 0
     except EngineError as err:

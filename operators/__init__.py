@@ -5,13 +5,12 @@ import bpy
 
 from ..blender_equi360.jobs.engine_process import kill_all
 from . import models
-from .convert import EQUI360_OT_convert
+from .convert import EQUI360_OT_build_reference, EQUI360_OT_convert
 from .farm import EQUI360_OT_submit_to_flamenco
 from .models import EQUI360_MT_model_sets, EQUI360_OT_download_models, EQUI360_OT_find_models
 from .ops import (
     EQUI360_OT_add_preview_camera,
     EQUI360_OT_add_strip,
-    EQUI360_OT_build_reference,
     EQUI360_OT_check_engine,
     EQUI360_OT_load_world,
     EQUI360_OT_show_preview,

@@ -8,7 +8,7 @@ import os
 import bpy
 
 from ..blender_equi360.jobs.engine_process import EngineProcess
-from . import compat
+from . import compat, scene_read, world
 from .compat import sequencer_scene
 from .job_setup import prepare_job, show_result, strips_to_convert
 from .preferences import ADDON_ROOT, preferences
@@ -24,10 +24,21 @@ class EQUI360_OT_convert(bpy.types.Operator):
     bl_label = "Convert to 360°"
     bl_options = {"REGISTER"}
 
+    stop_after = "delivery"  # what the engine makes of each job (job.json's stop_after)
     _process = None  # the EngineProcess while running
     _timer = None
     _queue = ()      # names of the strips still to convert
     _failed = False
+
+    def strips(self, scene) -> list:
+        return strips_to_convert(scene)
+
+    def show(self, context, final: dict) -> None:
+        """The engine's result in the scene."""
+        video = final["outputs"]["video"]
+        show_result(context, video)
+        self.report({"INFO"}, f"360° video: {video}" + (" (a draft: no model was run)" if final.get("draft") else ""))
+        sequencer_scene(context).equi360.status = ("DRAFT " if final.get("draft") else "") + f"done: {video}"
 
     @classmethod
     def poll(cls, context):
@@ -38,7 +49,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
             self.report({"ERROR"}, "the engine is not configured: set the engine's Python in the add-on preferences")
             return False
         try:
-            self._queue = [s.name for s in strips_to_convert(sequencer_scene(context))]
+            self._queue = [s.name for s in self.strips(sequencer_scene(context))]
         except REPORTED as err:
             report_error(self, err)
             return False
@@ -50,7 +61,8 @@ class EQUI360_OT_convert(bpy.types.Operator):
         while self._queue:
             name, self._queue = self._queue[0], self._queue[1:]
             try:
-                job_dir = prepare_job(context, self, compat.strips(scene.sequence_editor, everything=True)[name])
+                job_dir = prepare_job(context, self, compat.strips(scene.sequence_editor, everything=True)[name],
+                                      stop_after=self.stop_after)
                 self._process = EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
                                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
             except REPORTED as err:
@@ -139,12 +151,28 @@ class EQUI360_OT_convert(bpy.types.Operator):
             self.report({"WARNING"} if code == "cancelled" else {"ERROR"}, f"Equi360 [{code}]: {message}")
             self._failed = True
             return
-        video = final["outputs"]["video"]
         try:
-            show_result(context, video)
+            self.show(context, final)
         except REPORTED as err:
             report_error(self, err)
             self._failed = True
             return
-        state.progress, state.status = 1.0, ("DRAFT " if final.get("draft") else "") + f"done: {video}"
-        self.report({"INFO"}, f"360° video: {video}" + (" (a draft: no model was run)" if final.get("draft") else ""))
+        state.progress = 1.0
+
+
+class EQUI360_OT_build_reference(EQUI360_OT_convert):
+    """Build the masked 360° reference of the active movie strip (in the engine: Blender does not wait) and
+    show it as the world, to check the plate's placement before any GPU time is spent"""
+    bl_idname = "equi360.build_reference"
+    bl_label = "Build 360° Reference"
+    stop_after = "reference"
+
+    def strips(self, scene) -> list:
+        return [scene_read.active_movie_strip(scene)]
+
+    def show(self, context, final: dict) -> None:
+        scene = sequencer_scene(context)
+        reference = final["outputs"]["reference"]
+        world.load_world(scene, reference, scene.equi360.heading_deg, scene.equi360.source_start)
+        scene.equi360.status = f"reference: {reference}"
+        self.report({"INFO"}, f"reference in {scene.equi360.job_dir}")

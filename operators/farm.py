@@ -16,8 +16,8 @@ from .reports import REPORTED, report_error
 
 
 class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
-    """Build the selected movie strips' references on the farm's shared storage and submit them to the
-    Flamenco manager as one job, one GPU task per strip"""
+    """Put the selected movie strips' jobs (their clips copied along) on the farm's shared storage and submit
+    them to the Flamenco manager as one job, one GPU task per strip: each worker builds its shot's reference"""
     bl_idname = "equi360.submit_to_flamenco"
     bl_label = "Submit to Flamenco"
     bl_options = {"REGISTER"}
@@ -36,7 +36,7 @@ class EQUI360_OT_submit_to_flamenco(bpy.types.Operator):
             strips = strips_to_convert(scene)
             info = flamenco.job_type(url)  # before any reference is built: a wrong URL fails in seconds
             for strip in strips:
-                job_dirs.append(prepare_job(context, self, strip, root))
+                job_dirs.append(prepare_job(context, self, strip, root, copy_source=True))
             name = f"{Path(bpy.data.filepath).stem or 'untitled'}: {', '.join(s.name for s in strips)}"[:100]
             job_id = flamenco.submit(url, job_dirs, name, info=info, worker_tag=prefs.flamenco_worker_tag,
                                      metadata={"blendfile": bpy.data.filepath, "shots": len(job_dirs)})

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The small operators: the reference alone, the result as world, preview camera and strip, the preview
-sheet, the engine's check (``equi360.convert`` is in convert.py)."""
+"""The small operators: the result as world, preview camera and strip, the preview sheet, the engine's check
+(``equi360.convert`` and ``equi360.build_reference`` are in convert.py)."""
 
 from pathlib import Path
 
@@ -10,26 +10,10 @@ from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.job import delivered_path, load_job
 from ..blender_equi360.media.video import probe
 from ..blender_equi360.quality.preview import preview_sheet
-from . import scene_read, world
+from . import world
 from .compat import sequencer_scene
-from .job_setup import prepare_job
 from .preferences import check_engine, preferences, summarize_check
 from .reports import REPORTED, report_error, reports_errors
-
-
-class EQUI360_OT_build_reference(bpy.types.Operator):
-    """Build the masked 360° reference of the active movie strip and show it as the world"""
-    bl_idname = "equi360.build_reference"
-    bl_label = "Build 360° Reference"
-    bl_options = {"REGISTER"}
-
-    @reports_errors
-    def execute(self, context):
-        scene = sequencer_scene(context)
-        job_dir = prepare_job(context, self, scene_read.active_movie_strip(scene))
-        world.load_world(scene, str(job_dir / "reference.mkv"), scene.equi360.heading_deg, scene.equi360.source_start)
-        self.report({"INFO"}, f"reference in {job_dir}")
-        return {"FINISHED"}
 
 
 class EQUI360_OT_load_world(bpy.types.Operator):

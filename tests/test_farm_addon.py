@@ -4,6 +4,7 @@ loopback: the selected strips' job folders are built on the farm's storage and s
 refusal (online access off, no job type, the manager refusing the job) leaves no job folders behind. And
 the job type script ships in the extension's zip."""
 
+import json
 import os
 import subprocess
 import sys
@@ -55,8 +56,10 @@ report(status=status, message=message, job_dir=scene.equi360.job_dir, text=scene
     assert body["settings"]["job_root"] == str(farm)
     shots = body["settings"]["shots"].split("\n")
     assert [s.split("_")[0] for s in shots] == ["city", "harbour"] and sorted(os.listdir(farm)) == sorted(shots)
-    for shot in shots:
-        assert {"job.json", "reference.mkv", "mask.mkv"} <= set(os.listdir(farm / shot))
+    for shot in shots:  # the clip goes along: the worker builds the reference (the job's first stage)
+        assert set(os.listdir(farm / shot)) == {"job.json", "source.mp4"}
+        job = json.loads((farm / shot / "job.json").read_text())
+        assert job["source"]["path"] == "source.mp4" and job["reference"] == "reference.mkv"
     assert [t["commands"][0]["parameters"]["args"][-1] for t in manager.compiled["tasks"]] == \
         [f"{farm}/{shot}" for shot in shots]
     assert result["job_dir"] == str(farm / shots[-1])

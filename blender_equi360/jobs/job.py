@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .atomic import write_json_atomically
+from .canvas import CanvasSize
 from .delivery_settings import DeliverySettings
 from .errors import Equi360Error, IncompatibleJob, require
-from .lora_versions import CANVASES
+from .lora_versions import CANVASES, DEFAULT_LORA_VERSION, LORA_VERSIONS
 from .windows import MANIFEST_FILE, OVERLAP_FRAMES, WINDOW_FRAMES, WINDOWS_DIR, check_window_settings
 
 JOB_FILE = "job.json"
@@ -51,6 +52,52 @@ class ModelFiles:
         return all((self.checkpoint, self.text_encoder, self.ic_lora))
 
 
+CROPS = ("center", "top", "bottom", "none")
+STOP_AFTER = ("reference", "delivery")  # reference: only build the reference (the add-on's placement check)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """The flat clip the engine builds the job's reference from (its first stage, ``reference``), and how:
+    the span the strip shows, its rate, the camera that shot it, the canvas and crop (None: the LoRA
+    version's). The reference, its mask and its placement record go where ``reference`` and ``mask`` say."""
+    path: str                        # the clip; relative to the job folder unless absolute
+    start_s: float = 0.0
+    frames: int | None = None        # 8k+1; None: the whole clip from start_s, padded to 8k+1
+    fps: float | None = None         # None: the clip's own rate
+    hfov_deg: float = 100.0          # the picture's horizontal FOV (bars removed, before any crop)
+    yaw_deg: float = 0.0
+    pitch_deg: float = 0.0
+    roll_deg: float = 0.0
+    shift_x: float = 0.0
+    shift_y: float = 0.0
+    lora_version: str = DEFAULT_LORA_VERSION
+    crop: str | None = None          # one of CROPS
+    size: str | None = None          # the canvas, WIDTHxHEIGHT
+
+    def __post_init__(self):
+        _check(isinstance(self.path, str) and self.path.strip() and "\0" not in self.path,
+               "source.path must be a file path")
+        for name in ("start_s", "hfov_deg", "yaw_deg", "pitch_deg", "roll_deg", "shift_x", "shift_y"):
+            _check(_number(getattr(self, name)), f"source.{name} must be a number")
+        _check(self.frames is None or (_whole(self.frames) and self.frames >= 1),
+               "source.frames must be a positive whole number (or null for the whole clip)")
+        _check(self.fps is None or (_number(self.fps) and self.fps > 0), "source.fps must be a positive number "
+                                                                         "(or null for the clip's own)")
+        _check(self.lora_version in LORA_VERSIONS, f"source.lora_version {self.lora_version!r} is not one of "
+                                                   f"{', '.join(LORA_VERSIONS)}")
+        _check(self.crop is None or self.crop in CROPS, f"source.crop {self.crop!r} is not one of {', '.join(CROPS)}")
+        _check(self.size is None or _canvas_size(self.size), f"source.size {self.size!r} is not a canvas size "
+                                                             "like 2560x1280")
+
+
+def _canvas_size(text) -> bool:
+    try:
+        return isinstance(text, str) and CanvasSize.parse(text) is not None
+    except Equi360Error:
+        return False
+
+
 def _made_from(default, **kwargs):
     """A field a window's frames depend on: a finished window is reused only while these stay the same
     (the engine's fingerprint of a job is made of exactly these, the backend, and the input files)."""
@@ -67,6 +114,8 @@ class Job:
     checkpoint_variant: str = _made_from("auto")
     sampler: str = _made_from("auto")
     canvas: str | None = _made_from(None)           # None: the reference's own size (one of CANVASES)
+    source: SourceSpec | None = _made_from(None)    # set: the engine builds the reference from it first
+    stop_after: str = "delivery"                    # "reference": build the reference only
     low_vram: bool = _made_from(False)
     models: ModelFiles = field(default_factory=ModelFiles)
     prompt: str = _made_from("")                    # appended to BASE_PROMPT
@@ -89,6 +138,8 @@ class Job:
         _check(Path(self.output).suffix.lower() == ".mp4", f"output {self.output!r} must end in .mp4: the delivery "
                                                            "is an MP4 (e.g. result.mp4)")
         _check(isinstance(self.models, ModelFiles), "models must be an object")
+        _check(self.source is None or isinstance(self.source, SourceSpec), "source must be an object (or null)")
+        _check(self.stop_after in STOP_AFTER, f"stop_after {self.stop_after!r} is not one of {', '.join(STOP_AFTER)}")
         _check(isinstance(self.delivery, DeliverySettings), "delivery must be DeliverySettings")
         _check(self.backend in BACKENDS, f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         _check(self.preset in PRESETS, f"preset {self.preset!r} is not one of {', '.join(PRESETS)}")
@@ -142,19 +193,27 @@ class Job:
         for name, path in models.items():
             _check(path is None or (isinstance(path, str) and path.strip() and "\0" not in path),
                    f"models.{name} must be a file path (or null)")
-        rest = {k: v for k, v in data.items() if k not in delivery_names}
+        source = data.get("source")
+        if source is not None:
+            _check(isinstance(source, dict), "source must be an object (or null)")
+            names = {f.name for f in fields(SourceSpec)}
+            _check(set(source) <= names, f"unknown source field(s) {', '.join(sorted(set(source) - names))}; "
+                                         f"known: {', '.join(sorted(names))}")
+            _check("path" in source, "source.path is missing")
+            source = SourceSpec(**source)
+        rest = {k: v for k, v in data.items() if k not in delivery_names and k != "source"}
         try:
             delivery = DeliverySettings(**{delivery_names[k]: v for k, v in data.items() if k in delivery_names})
         except Equi360Error as err:
             raise Equi360Error(f"{JOB_FILE}: {err}") from None
-        return cls(**{**rest, "models": ModelFiles(**models), "delivery": delivery})
+        return cls(**{**rest, "models": ModelFiles(**models), "source": source, "delivery": delivery})
 
     @classmethod
     def from_fields(cls, **fields) -> "Job":
         """A job from job.json's flat fields given as keywords (``models`` may be a :class:`ModelFiles`)."""
-        models = fields.get("models")
-        if isinstance(models, ModelFiles):
-            fields["models"] = asdict(models)
+        for name in ("models", "source"):
+            if isinstance(fields.get(name), (ModelFiles, SourceSpec)):
+                fields[name] = asdict(fields[name])
         return cls.from_dict(fields)
 
     def to_dict(self) -> dict:
@@ -172,15 +231,18 @@ PREFERENCE_FIELDS = ("backend", "preset", "checkpoint_variant", "sampler", "low_
 REFERENCE_NAME, MASK_NAME = "reference.mkv", "mask.mkv"  # in the job folders the add-on makes
 
 
-def job_from_preferences(preferences: dict, models: dict, output_frames: int, canvas: str) -> Job:
+def job_from_preferences(preferences: dict, models: dict, output_frames: int, canvas: str,
+                         source: SourceSpec | None = None, stop_after: str = "delivery") -> Job:
     """The job the add-on makes for a strip: its preferences' values by job.json name (a CRF of −1 and passes
-    "none" mean unset), the model files (absolute paths or None), the strip's frame count, and the canvas
-    its reference is built at (recorded when it is one of the model's)."""
+    "none" mean unset), the model files (absolute paths or None), the strip's frame count, the canvas its
+    reference is built at (recorded when it is one of the model's), and the source the engine builds the
+    reference from."""
     fields = {name: preferences[name] for name in PREFERENCE_FIELDS}
     fields["delivery_crf"] = None if fields["delivery_crf"] < 0 else fields["delivery_crf"]
     fields["passes"] = None if fields["passes"] == "none" else fields["passes"]
     return Job.from_fields(reference=REFERENCE_NAME, mask=MASK_NAME, models=models, output_frames=output_frames,
-                           canvas=canvas if canvas in CANVASES else None, **fields)
+                           canvas=canvas if canvas in CANVASES else None, source=source, stop_after=stop_after,
+                           **fields)
 
 
 def _whole(value) -> bool:

@@ -18,6 +18,7 @@ from ..geometry.projection import PlateCrop, PlateMapping, prefiltered_plate_siz
 from ..jobs.atomic import atomic_outputs, write_json_atomically
 from ..jobs.canvas import CanvasSize
 from ..jobs.errors import Equi360Error
+from ..jobs.job import CROPS, JOB_FILE, LOG_FILE, SourceSpec, delivered_path, load_job
 from ..jobs.lora_versions import DEFAULT_LORA_VERSION, LoraVersion, lora_version
 from ..jobs.timing import frame_rate, round_up_frame_count, valid_frame_count
 from ..media.video import (
@@ -35,7 +36,6 @@ from ..media.video import (
 
 TARGET_ASPECT = 2.39  # the shape v0.1 of the LoRA was trained on, and what the crop makes
 MAX_CANVAS = CanvasSize(4096, 2048)  # the model's canvas: already 2.6× the tokens of 2560×1280 per frame
-CROPS = ("center", "top", "bottom", "none")
 DEFAULT_FRAMES = 121
 MODEL_FPS = 24.0  # what the model is trained at; other rates work, with the timing kept
 
@@ -273,22 +273,39 @@ def load_placement(reference_video) -> Placement:
         raise Equi360Error(f"{path}: damaged placement record ({err})") from None
 
 
-def unfinished_job(root: Path, job, source: Path, settings: ReferenceSettings) -> Path | None:
-    """A job folder under ``root`` that the same conversion (the same job, source and reference settings)
-    left half-made (Blender or the engine was killed): converting again continues it from its last finished
-    window instead of starting over. The newest such folder, or None."""
-    from ..jobs.job import delivered_path, load_job
-    from ..jobs.windows import MANIFEST_FILE
+def settings_for(source: SourceSpec) -> ReferenceSettings:
+    """The reference a job's ``source`` asks for."""
+    camera = Camera(hfov_deg=source.hfov_deg, yaw_deg=source.yaw_deg, pitch_deg=source.pitch_deg,
+                    roll_deg=source.roll_deg, shift_x=source.shift_x, shift_y=source.shift_y)
+    return ReferenceSettings(camera=camera, lora_version=source.lora_version, crop=source.crop,
+                             size=CanvasSize.parse(source.size) if source.size else None, frames=source.frames,
+                             fps=source.fps, start_s=source.start_s)
 
-    for folder in sorted((p.parent for p in root.glob(f"*/{MANIFEST_FILE}")), reverse=True):  # names end in a time
+
+def built_from(reference: Path, mask: Path, source: Path, settings: ReferenceSettings) -> bool:
+    """Whether ``reference`` and ``mask`` are there, built from ``source`` with ``settings`` (as their
+    placement record says; an unset frame rate is the clip's own): a job run again does not rebuild them."""
+    try:
+        data = json.loads(sidecar_path(reference).read_text(encoding="utf-8"))
+        recorded, built_source = data["settings"], Path(data["source"]["path"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+    wanted = json.loads(json.dumps({**asdict(settings), "size": str(settings.size)}))
+    if settings.fps is None:
+        recorded = {**recorded, "fps": None}
+    return (recorded == wanted and built_source == Path(source).resolve() and reference.is_file()
+            and mask.is_file())
+
+
+def unfinished_job(root: Path, job) -> Path | None:
+    """A job folder under ``root`` that the same conversion (the same job: its source, settings and
+    reference) left half-made (Blender or the engine was killed): converting again continues it from its
+    last finished window instead of starting over. The newest such folder, or None."""
+    for folder in sorted((p.parent for p in root.glob(f"*/{JOB_FILE}")), reverse=True):  # names end in a time
         try:
-            if load_job(folder) != job or delivered_path(folder, job).exists():
-                continue
-            placement = load_placement(folder / job.reference)
+            # (An engine has run there: a folder made for another strip of this batch is not a leftover.)
+            if (folder / LOG_FILE).exists() and load_job(folder) == job and not delivered_path(folder, job).exists():
+                return folder
         except Equi360Error:
             continue
-        if (placement.source.resolve() == source.resolve() and placement.camera == settings.camera
-                and placement.frames == settings.frames and abs(placement.fps - settings.fps) < 1e-6
-                and abs(placement.start_s - settings.start_s) < 1e-6 and (folder / job.mask).is_file()):
-            return folder
     return None
