@@ -4,10 +4,11 @@ subprocess: modal with a timer when Blender has a UI (progress in the status bar
 background mode, where timers and modal handlers never run."""
 
 import os
+import time
 
 import bpy
 
-from ..blender_equi360.jobs.engine_process import EngineProcess
+from ..blender_equi360.jobs.engine_process import CANCEL_GRACE_S, EngineProcess
 from . import compat, scene_read, world
 from .compat import sequencer_scene
 from .job_setup import prepare_job, show_result, strips_to_convert
@@ -29,6 +30,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
     _timer = None
     _queue = ()      # names of the strips still to convert
     _failed = False
+    _stop_by = None  # after Esc: when the engine is killed if it has not stopped
 
     def strips(self, scene) -> list:
         return strips_to_convert(scene)
@@ -96,16 +98,20 @@ class EQUI360_OT_convert(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        if event.type == "ESC":
+        if event.type == "ESC" and self._stop_by is None:
             sequencer_scene(context).equi360.status = "cancelling…"
-            self._process.cancel()
+            self._process.ask_to_stop()  # never blocks: the engine ends its step, or is killed below
+            self._stop_by = time.monotonic() + CANCEL_GRACE_S
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
+        if self._stop_by is not None and time.monotonic() > self._stop_by and not self._process.finished:
+            self._process.kill()
         for item in self._process.poll():
             self._on_event(context, item)
         if not self._process.finished:
             return {"PASS_THROUGH"}
         final = self._process.final_event
+        self._stop_by = None
         self._finish(context, final)
         if not (final and final.get("code") == "cancelled") and self._start_next(context):
             return {"PASS_THROUGH"}

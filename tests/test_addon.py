@@ -381,3 +381,46 @@ def test_a_long_strip_is_converted_whole_at_its_own_frame_rate(tmp_path):
     assert again["status"] == ["FINISHED"] and again["job_dir"] == job_dir
     assert {name: os.stat(os.path.join(job_dir, "windows", name)).st_mtime_ns for name in kept} == kept
     assert probe(os.path.join(job_dir, "result.mp4")).frame_count == 33
+
+
+def test_blender_never_waits_while_a_20_second_strip_converts(tmp_path):
+    """What the modal Convert runs on Blender's main thread — preparing the job, then one engine poll and its
+    events per timer tick — measured while a 20-second strip (480 frames) has its reference built and its
+    first window made by the engine, then cancelled: no single stretch may reach 0.2 s."""
+    long_clip = write_clip(tmp_path / "twenty.mp4", 480, 320, 134, 24, lambda k: smooth_texture(320, 134, k / 30))
+    result = blender(tmp_path, timeout=600, body=f"""
+        import time
+        from bl_ext.test_repo.equi360.operators.job_setup import prepare_job
+        from bl_ext.test_repo.equi360.operators.preferences import ADDON_ROOT
+        from bl_ext.test_repo.equi360.blender_equi360.jobs.engine_process import EngineProcess
+
+        class Reports:
+            def report(self, kind, message):
+                print("report", kind, message)
+        add_camera()
+        strip = add_strip({str(long_clip)!r})
+        started = time.perf_counter()
+        job_dir = prepare_job(bpy.context, Reports(), strip)
+        stretches = [("prepare", time.perf_counter() - started)]
+        process = EngineProcess(prefs.engine_python, job_dir, cwd=ADDON_ROOT, env=dict(os.environ))
+        stages, ticks = [], 0
+        while not process.finished:
+            started = time.perf_counter()
+            for event in process.poll():
+                if event["event"] == "progress":
+                    stages.append(event["stage"])
+                    state = scene.equi360
+                    state.progress, state.status = event["step"] / max(event["total"], 1), event["stage"]
+                    if event["stage"] not in ("reference",) and "cancel" not in stages:
+                        process.ask_to_stop()  # what Esc does in the modal operator
+                        stages.append("cancel")
+            stretches.append(("tick", time.perf_counter() - started))
+            ticks += 1
+            time.sleep(0.1)  # the modal operator's timer
+        report(stretches=stretches, ticks=ticks, stages=sorted(set(stages)), final=process.final_event)
+    """)
+    assert "reference" in result["stages"] and "cancel" in result["stages"], result["stages"]
+    assert result["final"]["code"] == "cancelled" and result["ticks"] > 20
+    longest = max(seconds for _, seconds in result["stretches"])
+    assert longest <= 0.2, sorted(result["stretches"], key=lambda s: -s[1])[:5]
+    print("longest main-thread stretch", round(longest, 4), "s over", result["ticks"], "ticks")
