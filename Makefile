@@ -10,10 +10,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LTS_INSTALLED := .venv-lts/.installed
+LTS42_INSTALLED := .venv-lts42/.installed
 
 .PHONY: demo demo-ltx test bench bench-gpu extension clean
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt requirements-engine.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is needed (bpy 5.0.1 is built for it): make PYTHON=/path/to/python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -49,7 +50,12 @@ $(LTS_INSTALLED): requirements-lts.txt
 	.venv-lts/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lts.txt
 	touch $@
 
-test: $(INSTALLED) $(LTS_INSTALLED)
+$(LTS42_INSTALLED): requirements-lts42.txt
+	$(PYTHON) -m venv .venv-lts42
+	.venv-lts42/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lts42.txt
+	touch $@
+
+test: $(INSTALLED) $(LTS_INSTALLED) $(LTS42_INSTALLED)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n auto --maxprocesses 4  # pytest-xdist: the suite's files spread over up to 4 cores
 

@@ -12,6 +12,7 @@ from .geometry.camera import Camera
 from .jobs.canvas import CanvasSize
 from .jobs.errors import Equi360Error
 from .jobs.lora_versions import DEFAULT_LORA_VERSION, LORA_VERSIONS
+from .jobs.remote import DEFAULT_JOBS, DEFAULT_PYTHON, DEFAULT_ROOT
 from .media.video import DEFAULT_LOSSLESS_CODEC, LOSSLESS_CODECS
 from .stages.reference import CROPS, DEFAULT_FRAMES, ReferenceSettings, build_reference
 
@@ -103,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("job_dirs", nargs="+", metavar="JOB_DIR")
     bt.add_argument("--python", default=sys.executable,
                     help="the engine's Python (default: this one)")
+    rm = bt.add_argument_group("the engine on another machine, over SSH (OpenSSH's ssh, key authentication only)")
+    rm.add_argument("--remote", metavar="USER@HOST[:PORT]",
+                    help="run each job there: its source clip (the span it uses) and job.json are uploaded, the "
+                         "result downloaded into the job folder")
+    rm.add_argument("--identity", metavar="FILE", help="the private key the remote machine accepts (default: ssh's)")
+    rm.add_argument("--remote-python", metavar="PATH", default=DEFAULT_PYTHON,
+                    help=f"the engine's Python there (default {DEFAULT_PYTHON})")
+    rm.add_argument("--remote-root", metavar="DIR", default=DEFAULT_ROOT,
+                    help=f"the folder there that holds engine/ and blender_equi360/ (default {DEFAULT_ROOT})")
+    rm.add_argument("--remote-jobs", metavar="DIR", default=DEFAULT_JOBS,
+                    help=f"where the job folders go there (default {DEFAULT_JOBS})")
+    rm.add_argument("--known-hosts", metavar="FILE",
+                    help="the file ssh records and checks host keys in (default: the user's own)")
     pv = sub.add_parser("preview", help="one PNG: the equirect frame and six views around, the plate outlined",
                         description="Write a preview sheet of a 360° video: the equirect frame, and 90° views "
                                     "front, left, right, back, up and down, with the plate outlined.")
@@ -149,7 +163,15 @@ def _score(args) -> int:
 
 def _batch(args) -> int:
     from .jobs.batch import run_batch
-    outcomes = run_batch(args.job_dirs, args.python, log=lambda line: print(line, flush=True))
+    remote = prepare_source = None
+    if args.remote:
+        from .jobs.remote import RemoteHost
+        from .media.remux import span_for_upload
+        remote = RemoteHost(args.remote, python=args.remote_python, root=args.remote_root, jobs=args.remote_jobs,
+                            identity=args.identity, known_hosts=args.known_hosts)
+        prepare_source = span_for_upload
+    outcomes = run_batch(args.job_dirs, args.python, log=lambda line: print(line, flush=True), remote=remote,
+                         prepare_source=prepare_source)
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
           f"{', cancelled' if any(o.status == 'cancelled' for o in outcomes) else ''}")

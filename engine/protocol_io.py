@@ -84,6 +84,14 @@ class Channel:
         if self._cancel.is_set():
             raise Cancelled()
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        """As if ``cancel`` had come (a command's own signal handlers: ``setup`` takes SIGTERM as a cancel)."""
+        self._cancel.set()
+
     def close(self) -> None:
         if self._log:
             self._log.close()

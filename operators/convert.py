@@ -5,17 +5,45 @@ background mode, where timers and modal handlers never run."""
 
 import os
 import time
+from pathlib import Path
 
 import bpy
 
+from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.engine_process import CANCEL_GRACE_S, EngineProcess
+from ..blender_equi360.jobs.remote import RemoteEngineProcess, RemoteHost
+from ..blender_equi360.media.remux import span_for_upload
 from . import compat, scene_read, world
 from .compat import sequencer_scene
 from .job_setup import prepare_job, show_result, strips_to_convert
-from .preferences import ADDON_ROOT, preferences
+from .preferences import ADDON_ROOT, PACKAGE, preferences
 from .reports import REPORTED, report_error
 
 TIMER_S = 0.1
+BYTE_STAGES = ("upload", "download")  # progress counted in bytes (the engine on another machine)
+
+
+def remote_host(prefs) -> RemoteHost:
+    """The preferences' remote engine (Equi360Error when it is not set up)."""
+    if not bpy.app.online_access:  # a machine on the LAN is still the network, which the user controls
+        raise Equi360Error("Blender's online access is off: allow it in Preferences > System > Network to run the "
+                           "engine on another machine")
+    if not prefs.remote_host.strip():
+        raise Equi360Error("set the remote host (user@host[:port]) in the add-on preferences, or turn off running "
+                           "the engine on another machine")
+    # Host keys: the user's own record is honoured; a new host is recorded in the add-on's (first on first use).
+    known_hosts = (str(Path(bpy.utils.extension_path_user(PACKAGE, create=True)) / "known_hosts"), "~/.ssh/known_hosts")
+    return RemoteHost(prefs.remote_host.strip(), python=prefs.remote_python, root=prefs.remote_root,
+                      jobs=prefs.remote_jobs, identity=bpy.path.abspath(prefs.remote_identity) or None,
+                      known_hosts=known_hosts)
+
+
+def start_engine(prefs, job_dir, remote: RemoteHost | None = None):
+    """The engine on the job: here (EngineProcess), or on ``remote`` over SSH."""
+    if remote is not None:
+        return RemoteEngineProcess(remote, job_dir, prepare_source=span_for_upload)
+    return EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 class EQUI360_OT_convert(bpy.types.Operator):
@@ -29,6 +57,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
     _process = None  # the EngineProcess while running
     _timer = None
     _queue = ()      # names of the strips still to convert
+    _remote = None   # the RemoteHost the engine runs on (the preferences' Run on another machine), or None
     _failed = False
     _stop_by = None  # after Esc: when the engine is killed if it has not stopped
 
@@ -39,7 +68,10 @@ class EQUI360_OT_convert(bpy.types.Operator):
         """The engine's result in the scene."""
         video = final["outputs"]["video"]
         show_result(context, video)
-        self.report({"INFO"}, f"360° video: {video}" + (" (a draft: no model was run)" if final.get("draft") else ""))
+        sent = f" (made on {final['remote']}: {final.get('uploaded_bytes', 0) / 1e6:.1f} MB up, " \
+            f"{final.get('downloaded_bytes', 0) / 1e6:.1f} MB down)" if final.get("remote") else ""
+        self.report({"INFO"}, f"360° video: {video}{sent}" + (" (a draft: no model was run)" if final.get("draft")
+                                                              else ""))
         sequencer_scene(context).equi360.status = ("DRAFT " if final.get("draft") else "") + f"done: {video}"
 
     @classmethod
@@ -47,10 +79,15 @@ class EQUI360_OT_convert(bpy.types.Operator):
         return not sequencer_scene(context).equi360.running
 
     def _queue_strips(self, context) -> bool:
-        if not preferences(context).engine_python:
+        prefs = preferences(context)
+        if not (prefs.use_remote or prefs.engine_python):
             self.report({"ERROR"}, "the engine is not configured: set the engine's Python in the add-on preferences")
             return False
         try:
+            self._remote = None
+            if prefs.use_remote:  # before any job folder is made
+                self._remote = remote_host(prefs)
+                self._remote.check_client()
             self._queue = [s.name for s in self.strips(sequencer_scene(context))]
         except REPORTED as err:
             report_error(self, err)
@@ -65,8 +102,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
             try:
                 job_dir = prepare_job(context, self, compat.strips(scene.sequence_editor, everything=True)[name],
                                       stop_after=self.stop_after)
-                self._process = EngineProcess(bpy.path.abspath(prefs.engine_python), job_dir, cwd=ADDON_ROOT,
-                                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                self._process = start_engine(prefs, job_dir, self._remote)
             except REPORTED as err:
                 report_error(self, err, f"{name}: ")
                 self._failed = True
@@ -135,7 +171,10 @@ class EQUI360_OT_convert(bpy.types.Operator):
                 state.progress = (event["window"] - 1 + state.progress) / event["windows"]
             eta = f", {event['eta_s']:.0f} s left" if event.get("eta_s") is not None else ""
             window = f"window {event['window']}/{event['windows']}: " if event.get("windows", 1) > 1 else ""
-            state.status = f"{window}{event['stage']} {event['step']}/{event['total']}{eta}"
+            if event["stage"] in BYTE_STAGES:
+                state.status = f"{event['stage']} {event['step'] / 1e6:.1f}/{event['total'] / 1e6:.1f} MB{eta}"
+            else:
+                state.status = f"{window}{event['stage']} {event['step']}/{event['total']}{eta}"
             if not bpy.app.background:
                 context.window_manager.progress_update(int(state.progress * 1000))
                 context.workspace.status_text_set(f"Equi360: {state.status} (Esc cancels)")

@@ -5,7 +5,6 @@ own Python (``python -m engine models find | sets | fetch``): here only starting
 showing it. With a UI both are modal with a timer (Esc cancels) and Blender never waits on the engine; in
 background mode, where timers and modal handlers never run, they block until the engine is done."""
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +17,11 @@ from ..blender_equi360.jobs.engine_process import EngineProcess, EngineQuery
 from ..blender_equi360.jobs.lora_versions import LORA_VERSIONS
 from .preferences import ADDON_ROOT, MODEL_ROLES, PACKAGE, preferences, use_found_set, use_model_files
 from .reports import REPORTED, report_engine_error, report_error
+from .waiting import TIMER_S, duration, engine_env, engine_python, redraw_preferences, status_text, wait_modally
 
-TIMER_S = 0.1
 STOP_GRACE_S = 3.0       # after Esc, the download stops at its next chunk; a stalled connection is killed
 REPORTED_UNUSED = 8      # files in no set listed in the preferences (the report has them all)
 CATALOG_RETRY_S = 10.0   # a failed ``models sets`` is tried again (the engine's environment may have been fixed)
-
-
-def engine_python(prefs) -> str:
-    if not prefs.engine_python:
-        raise Equi360Error("the engine is not configured: set the engine's Python in the add-on preferences")
-    return bpy.path.abspath(prefs.engine_python)
-
-
-def engine_env() -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def models_folder(prefs) -> Path:
@@ -45,41 +34,11 @@ def models_folder(prefs) -> Path:
     return folder
 
 
-def _redraw_preferences() -> None:
-    for window in bpy.context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
-
-
-def _status_text(context, text: str | None) -> None:
-    """The status bar's text (None: Blender's own again)."""
-    if context.workspace is not None:
-        context.workspace.status_text_set(text)
-
-
-def _wait_modally(operator, context, status: str) -> set:
-    """Blender waits for nothing: a timer wakes the operator's ``modal`` until the engine has answered."""
-    wm = context.window_manager
-    operator._timer = wm.event_timer_add(TIMER_S, window=context.window)
-    wm.modal_handler_add(operator)
-    _status_text(context, status)
-    return {"RUNNING_MODAL"}
-
-
 def _size(nbytes: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6)):
         if nbytes >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{nbytes / 1e3:.0f} kB"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
 
 
 # --- the downloadable sets (``models sets``), for the Download Models menu -------------------------------------------
@@ -136,7 +95,7 @@ def _catalog_timer():
         return TIMER_S
     if CATALOG.query is not None:
         _keep_catalog()
-        _redraw_preferences()
+        redraw_preferences()
     return None
 
 
@@ -184,7 +143,7 @@ class EQUI360_OT_find_models(bpy.types.Operator):
             return self.execute(context)
         if not self._start(context):
             return {"CANCELLED"}
-        return _wait_modally(self, context, "Equi360: looking for the model files (Esc cancels)")
+        return wait_modally(self, context, "Equi360: looking for the model files (Esc cancels)")
 
     def modal(self, context, event):
         if event.type == "ESC":
@@ -216,7 +175,7 @@ class EQUI360_OT_find_models(bpy.types.Operator):
 
     def _end(self, context) -> None:
         context.window_manager.event_timer_remove(self._timer)
-        _status_text(context, None)
+        status_text(context, None)
 
     def _finish(self, context, read_report) -> set:
         prefs = preferences(context)
@@ -321,7 +280,7 @@ class EQUI360_OT_download_models(bpy.types.Operator):
         if not self._start(context):
             return {"CANCELLED"}
         context.window_manager.progress_begin(0, 1000)
-        return _wait_modally(self, context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
+        return wait_modally(self, context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
 
     def modal(self, context, event):
         if event.type == "ESC" and self._stop_by is None:
@@ -339,7 +298,7 @@ class EQUI360_OT_download_models(bpy.types.Operator):
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
         wm.progress_end()
-        _status_text(context, None)
+        status_text(context, None)
         return self._finish(context, self._process.final_event)
 
     def cancel(self, context):  # Blender closing the operator (file load, quit, its window closed)
@@ -377,7 +336,7 @@ class EQUI360_OT_download_models(bpy.types.Operator):
         kind = event["event"]
         if kind == "progress" and event.get("total"):
             DOWNLOAD.progress = event["step"] / event["total"]
-            eta = f", {_duration(event['eta_s'])} left" if event.get("eta_s") is not None else ""
+            eta = f", {duration(event['eta_s'])} left" if event.get("eta_s") is not None else ""
             where = f" ({Path(event['file']).name})" if event.get("file") else ""
             DOWNLOAD.status = (f"{self.model_set}: {_size(event['step'])} of {_size(event['total'])}{eta}"
                                f"{where}")
@@ -387,8 +346,8 @@ class EQUI360_OT_download_models(bpy.types.Operator):
                     print(f"equi360: {DOWNLOAD.status}", flush=True)
             else:
                 context.window_manager.progress_update(int(DOWNLOAD.progress * 1000))
-                _status_text(context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
-                _redraw_preferences()
+                status_text(context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
+                redraw_preferences()
         elif kind == "warning":
             self.report({"WARNING"}, event["message"])
         elif kind == "log" and bpy.app.background:
@@ -399,7 +358,7 @@ class EQUI360_OT_download_models(bpy.types.Operator):
         prefs = preferences(context)
         DOWNLOAD.running = False
         if not bpy.app.background:
-            _redraw_preferences()
+            redraw_preferences()
         if final is None or final["event"] == "error":
             code = final["code"] if final else "crashed"
             outcome = "stopped" if code == "cancelled" else "failed"
@@ -413,7 +372,7 @@ class EQUI360_OT_download_models(bpy.types.Operator):
         changes = use_model_files(prefs, outputs, True, lora_version_of(outputs.get("ic_lora")), recipes)
         prefs.found_sets.clear()  # the last search's list no longer says what is in use
         done = (f"Downloaded the set {final.get('set', self.model_set)} into {final.get('folder')} "
-                f"({_size(final.get('downloaded_bytes', 0))} in {_duration(final.get('seconds', 0))}): using it")
+                f"({_size(final.get('downloaded_bytes', 0))} in {duration(final.get('seconds', 0))}): using it")
         prefs.models_report = "\n".join([done, *changes])
         self.report({"INFO"}, f"Equi360: {done}" + "".join(f"; {change}" for change in changes))
         return {"FINISHED"}

@@ -7,13 +7,13 @@ from pathlib import Path
 import bpy
 
 from ..blender_equi360 import Equi360Error
+from ..blender_equi360.jobs.engine_process import EngineQuery
 from ..blender_equi360.jobs.job import delivered_path, load_job
-from ..blender_equi360.media.video import probe
-from ..blender_equi360.quality.preview import preview_sheet
 from . import world
 from .compat import sequencer_scene
-from .preferences import check_engine, preferences, summarize_check
+from .preferences import ADDON_ROOT, check_engine, preferences, summarize_check
 from .reports import REPORTED, report_error, reports_errors
+from .waiting import engine_env, engine_python, status_text, wait_modally
 
 
 class EQUI360_OT_load_world(bpy.types.Operator):
@@ -62,22 +62,60 @@ class EQUI360_OT_add_strip(bpy.types.Operator):
 
 class EQUI360_OT_show_preview(bpy.types.Operator):
     """Make the preview sheet of the 360° result (the equirect frame and six views around, the plate
-    outlined) at the current frame, and show it in an Image Editor"""
+    outlined) at the current frame, in the engine's Python (Blender does not wait), and show it in an
+    Image Editor"""
     bl_idname = "equi360.show_preview"
     bl_label = "Show 360° Preview Sheet"
     bl_options = {"REGISTER"}
 
     filepath: bpy.props.StringProperty(subtype="FILE_PATH", description="Equirect video (default: the job's result)")
 
-    @reports_errors
-    def execute(self, context):
+    _query = None  # the engine's ``preview`` while it runs
+    _timer = None
+
+    def execute(self, context):  # background mode and scripts: wait for it
+        if not self._start(context):
+            return {"CANCELLED"}
+        return self._finish(context, self._query.wait)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        if not self._start(context):
+            return {"CANCELLED"}
+        return wait_modally(self, context, "Equi360: making the preview sheet (Esc cancels)")
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            self._query.kill()
+        elif event.type != "TIMER" or not self._query.finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        status_text(context, None)
+        return {"CANCELLED"} if event.type == "ESC" else self._finish(context, self._query.result)
+
+    def _start(self, context) -> bool:
         scene = sequencer_scene(context)
         state = scene.equi360
-        video = Path(_chosen_video(self.filepath, state.job_dir))
-        frame = max(0, scene.frame_current - state.source_start)
-        count = probe(video).frame_count
-        sheet = preview_sheet(video, video.with_name(f"{video.stem}_preview.png"), min(frame, count - 1))
-        image = world.show_image(context, str(sheet))
+        try:
+            video = Path(_chosen_video(self.filepath, state.job_dir))
+            sheet = video.with_name(f"{video.stem}_preview.png")
+            frame = max(0, scene.frame_current - state.source_start)
+            self._query = EngineQuery(engine_python(preferences(context)),
+                                      ["preview", str(video), "-o", str(sheet), "--frame", str(frame)],
+                                      cwd=ADDON_ROOT, env=engine_env())
+        except REPORTED as err:
+            report_error(self, err)
+            return False
+        return True
+
+    def _finish(self, context, read_result) -> set:
+        try:
+            sheet = read_result()["sheet"]
+            image = world.show_image(context, sheet)
+        except REPORTED as err:
+            report_error(self, err)
+            return {"CANCELLED"}
         self.report({"INFO"}, f"preview sheet: {sheet} ({image.size[0]}×{image.size[1]})")
         return {"FINISHED"}
 

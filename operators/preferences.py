@@ -82,7 +82,12 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
 
     engine_python: StringProperty(
         name="Engine Python", subtype="FILE_PATH",
-        description="The Python of the engine's environment (with CUDA torch and diffusers), e.g. …/.venv/bin/python")
+        description="The Python of the engine's environment (with CUDA torch and diffusers), e.g. …/.venv/bin/python; "
+                    "Install Engine makes one and sets it")
+    engine_dir: StringProperty(
+        name="Engine folder", subtype="DIR_PATH",
+        description="Where Install Engine makes the engine's Python environment (a few GB; default: the extension's "
+                    "user folder)")
     checkpoint: StringProperty(name="LTX-2.3 checkpoint", subtype="FILE_PATH",
                                description="ltx-2.3-22b-distilled-1.1.safetensors or ltx-2.3-22b-dev.safetensors, "
                                            "or their -fp8 versions")
@@ -176,11 +181,29 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         description="Where farm job folders go: a folder on the shared storage every Flamenco worker sees")
     flamenco_worker_tag: StringProperty(
         name="Worker tag", description="Only Flamenco workers with this tag take the jobs (empty: any worker)")
+    use_remote: BoolProperty(
+        name="Run the engine on another machine (SSH)",
+        description="Convert on a remote machine through the system's ssh (key authentication only): the strip's "
+                    "clip is uploaded, the result downloaded into the local job folder")
+    remote_host: StringProperty(name="Host", description="user@host or user@host:port (or an ~/.ssh/config alias)")
+    remote_identity: StringProperty(
+        name="Identity file", subtype="FILE_PATH",
+        description="The private key the remote machine accepts (its .pub in the remote ~/.ssh/authorized_keys); "
+                    "empty: ssh's own choice")
+    remote_python: StringProperty(name="Remote engine Python", default="~/equi360/.venv/bin/python",
+                                  description="The engine's Python on the remote machine (what `python -m engine "
+                                              "setup` made there)")
+    remote_root: StringProperty(name="Remote engine folder", default="~/equi360",
+                                description="The folder on the remote machine that holds engine/ and "
+                                            "blender_equi360/")
+    remote_jobs: StringProperty(name="Remote jobs folder", default="~/equi360/jobs",
+                                description="Where the job folders go on the remote machine")
 
     def draw(self, context):
         layout = self.layout
-        layout.prop(self, "engine_python")
-        from .models import draw_model_files  # here, not at the top: models.py imports this module
+        from .install import draw_engine  # here, not at the top: install.py and models.py import this module
+        from .models import draw_model_files
+        draw_engine(layout, self)
         draw_model_files(layout, self, context)
         row = layout.row()
         row.prop(self, "backend")
@@ -210,13 +233,16 @@ class EQUI360_AP_preferences(bpy.types.AddonPreferences):
         row.prop(self, "window_frames")
         row.prop(self, "window_overlap")
         layout.prop(self, "output_dir")
-        layout.operator("equi360.check_engine", icon="CHECKMARK")
-        for line in self.check_report.splitlines():
-            layout.label(text=line)
         farm = layout.box()
         farm.label(text="Render farm (Flamenco)")
         for name in ("flamenco_manager_url", "farm_job_root", "flamenco_worker_tag"):
             farm.prop(self, name)
+        remote = layout.box()
+        remote.prop(self, "use_remote")
+        column = remote.column()
+        column.active = self.use_remote
+        for name in ("remote_host", "remote_identity", "remote_python", "remote_root", "remote_jobs"):
+            column.prop(self, name)
 
 
 def check_engine(prefs, job_dir=None) -> dict:

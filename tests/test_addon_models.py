@@ -217,7 +217,8 @@ def test_the_preferences_show_the_model_section(tmp_path, bpy_python):  # noqa: 
         report(prefs_calls=prefs_calls, menu_calls=menu_calls, tooltip=tooltip)
     """)
     props = [c[2] for c in result["prefs_calls"] if c[0] == "prop"]
-    assert props[:6] == ["engine_python", "checkpoint", "text_encoder", "ic_lora", "distilled_lora", "models_dir"]
+    assert props[:7] == ["engine_python", "engine_dir", "checkpoint", "text_encoder", "ic_lora", "distilled_lora",
+                         "models_dir"]
     assert ["operator", "equi360.find_models", "icon=VIEWZOOM"] in result["prefs_calls"]
     assert ["menu", "EQUI360_MT_model_sets", "icon=IMPORT", "text=Download Models"] in result["prefs_calls"]
     assert ["label", "text=Using: a set"] in result["prefs_calls"]

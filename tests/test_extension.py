@@ -39,6 +39,7 @@ def test_extension_builds_into_a_zip_without_development_files(tmp_path):
     assert "blender_manifest.toml" in names and "__init__.py" in names
     assert any(n.startswith("blender_equi360/") for n in names)
     assert any(n.startswith("operators/") for n in names) and any(n.startswith("engine/") for n in names)
+    assert "requirements-engine.txt" in names  # Install Engine (python -m engine setup) installs from it
     assert not [n for n in names if n.split("/")[0] in {"tests", "bench", ".venv", ".ci", "samples", "docs"}]
 
 

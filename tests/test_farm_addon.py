@@ -23,7 +23,7 @@ bpy.context.preferences.system.use_online_access = True
 add_camera()
 for frame, name in ((1, "city"), (40, "harbour")):
     add_strip({clip!r}, frame_start=frame, channel=1).name = name
-for strip in scene.sequence_editor.strips_all:
+for strip in all_strips():
     strip.select = True
 
 def submit():

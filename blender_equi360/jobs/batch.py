@@ -5,6 +5,9 @@ A job whose result is already there and newer than its ``job.json`` is skipped, 
 again after a crash or a kill continues where it stopped. A failing job is reported and the batch goes on;
 the exit status says whether every job succeeded. Ctrl+C cancels the running job (it writes nothing) and
 stops the batch.
+
+With ``remote`` (a :class:`.remote.RemoteHost`), each job runs on that machine over SSH instead
+(:class:`.remote.RemoteEngineProcess`): its source uploaded, its result downloaded into the local job folder.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def is_done(job_dir: Path) -> bool:
     return out.is_file() and out.stat().st_mtime >= (job_dir / JOB_FILE).stat().st_mtime
 
 
-def run_batch(job_dirs, python: str = sys.executable, log=print) -> list[Outcome]:
+def run_batch(job_dirs, python: str = sys.executable, log=print, remote=None, prepare_source=None) -> list[Outcome]:
+    """Each job in turn, through the engine run by ``python`` here, or on ``remote`` (a RemoteHost) with
+    ``prepare_source`` (see RemoteEngineProcess)."""
     outcomes = []
     job_dirs = [Path(d).resolve() for d in job_dirs]  # the engine runs in its own folder
     for n, job_dir in enumerate(job_dirs, 1):
@@ -48,7 +53,11 @@ def run_batch(job_dirs, python: str = sys.executable, log=print) -> list[Outcome
             log(f"{prefix}: already done, skipped")
             continue
         started = time.monotonic()
-        process = EngineProcess(python, job_dir, cwd=ENGINE_ROOT)
+        if remote is not None:
+            from .remote import RemoteEngineProcess
+            process = RemoteEngineProcess(remote, job_dir, prepare_source=prepare_source)
+        else:
+            process = EngineProcess(python, job_dir, cwd=ENGINE_ROOT)
         last_stage = None
 
         def on_event(event):
@@ -58,6 +67,9 @@ def run_batch(job_dirs, python: str = sys.executable, log=print) -> list[Outcome
                 log(f"{prefix}: {last_stage}…")
             elif event["event"] == "warning":
                 log(f"{prefix}: warning: {event['message']}")
+            elif event["event"] == "log" and remote is not None and event["message"].startswith(
+                    ("uploaded ", "uploading ", "downloaded ", "remote engine ready", "the source clip is already")):
+                log(f"{prefix}: {event['message']}")
         try:
             final = process.wait(on_event)
         except KeyboardInterrupt:  # wait() cancels the engine on the first Ctrl+C; a second one lands here

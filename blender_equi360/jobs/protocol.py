@@ -16,10 +16,19 @@ The engine writes one JSON object per line on stdout and nothing else there; log
   (the last two are the backend's report: the GPU memory it measured and planned; null for the draft);
   from ``models fetch``: ``{"event": "done", "outputs": {"checkpoint", "text_encoder", "ic_lora",
   "distilled_lora": path | null}, "set": str, "folder": str, "downloaded_bytes": int, "seconds": float}``
-  (``outputs`` are job.json's ``models``: the paths for the add-on's preferences)
+  (``outputs`` are job.json's ``models``: the paths for the add-on's preferences); from ``setup``:
+  ``{"event": "done", "outputs": {"python": path}, "folder": str, "torch": str, "torch_index": str | null,
+  "check": {…}, "seconds": float}`` (``check`` is ``python -m engine check``'s report in the new environment)
+
+From ``setup``, stage ``setup`` has one progress event as each step begins, ``"phase"`` naming it (``venv``,
+``torch``, ``packages``, ``check``) and ``step`` the steps already finished (``step`` 4 when all are), and pip's
+output comes as ``log`` events.
 
 The client (:mod:`.engine_process`) reports an engine that dies without an ``error`` as the error
-``crashed`` (``CLIENT_CODES``).
+``crashed`` (``CLIENT_CODES``). The remote client (:mod:`.remote`, the engine on another machine over SSH) adds
+progress stages ``connect``, ``upload`` and ``download`` (``step`` and ``total`` in bytes for the last two), the
+``remote_…`` codes of ``CLIENT_CODES``, and to ``done``: ``remote``, ``remote_job_dir``, ``uploaded_bytes`` and
+``downloaded_bytes`` (its ``outputs`` are the downloaded local files).
 """
 
 from __future__ import annotations
@@ -49,14 +58,28 @@ EXIT_CODES = {
     "wrong_recipe": 24,        # the preset and the checkpoint do not go together (e.g. quality on distilled)
     "gated_repo": 25,          # models fetch: accept the repository's licence on the hub, and log in
     "download_failed": 26,     # models fetch: no connection, a file missing upstream, or a damaged download
+    "setup_failed": 27,        # setup: a step of making the engine's environment failed (the message names it)
 }
 EVENTS = ("progress", "log", "warning", "error", "done")
 WARNING_CODES = {
     "draft_fallback": "no CUDA GPU or model files for backend auto: a labelled draft is made instead",
     "steps_ignored": "the fast preset has a fixed schedule: the job's steps are not used",
     "distilled_lora_ignored": "the checkpoint is the distilled model itself: the distilled LoRA is not loaded",
+    "setup_no_cuda": "setup: an NVIDIA driver answers but the installed torch sees no CUDA device",
 }
-CLIENT_CODES = {"crashed": "the engine ended without an error event (killed, or a fault in its Python)"}
+CLIENT_CODES = {
+    "crashed": "the engine ended without an error event (killed, or a fault in its Python)",
+    # The engine on another machine over SSH (remote.py); each message says what to do.
+    "remote_unreachable": "the SSH connection could not be made (host name, port, network, no SSH server)",
+    "remote_auth": "the remote machine refused the key, or the identity file cannot be used",
+    "remote_host_key": "the remote machine's host key is not the one recorded for it",
+    "remote_not_ready": "the remote engine is missing or not ready (its Python, its folder, its packages, its GPU), "
+                        "or the remote jobs folder cannot be written",
+    "remote_disk_full": "no room on the remote machine for the upload or the job (finished windows are kept)",
+    "remote_connection_lost": "the connection dropped during the job: the remote job keeps its finished windows, "
+                              "the next attempt continues it",
+    "remote_failed": "a remote step failed otherwise (the message has ssh's or the remote side's last words)",
+}
 
 
 class ProtocolError(Equi360Error):

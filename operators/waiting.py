@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Waiting for the engine without Blender waiting: the engine's Python and environment for a subprocess, the
+modal timer that polls it, and what the status bar says meanwhile. Every operator that runs the engine
+(find/download models, install, the preview sheet) uses these."""
+
+import os
+
+import bpy
+
+from ..blender_equi360 import Equi360Error
+
+TIMER_S = 0.1  # how often a modal operator looks at its engine
+
+
+def engine_python(prefs) -> str:
+    if not prefs.engine_python:
+        raise Equi360Error("the engine is not configured: set the engine's Python in the add-on preferences")
+    return bpy.path.abspath(prefs.engine_python)
+
+
+def engine_env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def redraw_preferences() -> None:
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "PREFERENCES":
+                area.tag_redraw()
+
+
+def status_text(context, text: str | None) -> None:
+    """The status bar's text (None: Blender's own again)."""
+    if context.workspace is not None:
+        context.workspace.status_text_set(text)
+
+
+def wait_modally(operator, context, status: str) -> set:
+    """Blender waits for nothing: a timer wakes the operator's ``modal`` until the engine has answered."""
+    wm = context.window_manager
+    operator._timer = wm.event_timer_add(TIMER_S, window=context.window)
+    wm.modal_handler_add(operator)
+    status_text(context, status)
+    return {"RUNNING_MODAL"}
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
