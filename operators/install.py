@@ -8,7 +8,6 @@ preferences, Esc cancels); in background mode, where timers and modal handlers n
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.engine_process import EngineProcess
 from .preferences import ADDON_ROOT, PACKAGE, preferences, summarize_check
 from .reports import REPORTED, report_engine_error, report_error
-from .waiting import TIMER_S, duration, engine_env, redraw_preferences, status_text
+from .waiting import TIMER_S, WaitsForEngine, duration, engine_env, redraw_preferences, status_text
 
 MIN_PYTHON = (3, 11)
 STOP_GRACE_S = 10.0   # after Esc, setup kills pip and ends within seconds; one that has not by then is killed
@@ -83,7 +82,7 @@ def setup_python(prefs) -> str:
                        + "; ".join(why) + "): set Engine Python to one and install again")
 
 
-class EQUI360_OT_install_engine(bpy.types.Operator):
+class EQUI360_OT_install_engine(WaitsForEngine, bpy.types.Operator):
     """Make the engine's own Python environment in the engine folder (torch, with CUDA where an NVIDIA driver is,
     diffusers, …) and use it; again to repair it (Esc cancels; what is installed is kept)"""
     bl_idname = "equi360.install_engine"
@@ -93,9 +92,8 @@ class EQUI360_OT_install_engine(bpy.types.Operator):
     cpu: BoolProperty(name="CPU build", options={"SKIP_SAVE"},
                       description="torch's CPU build even where an NVIDIA driver is (drafts only, a smaller download)")
 
-    _process = None   # the EngineProcess while it runs
-    _timer = None
-    _stop_by = None   # after Esc: when a setup that has not stopped by itself is killed
+    stop_grace_s = STOP_GRACE_S
+    shown = INSTALL
     _phase = "venv"
     _folder = None
 
@@ -120,25 +118,6 @@ class EQUI360_OT_install_engine(bpy.types.Operator):
         wm.modal_handler_add(self)
         status_text(context, f"Equi360: {INSTALL.status} (Esc cancels)")
         return {"RUNNING_MODAL"}
-
-    def modal(self, context, event):
-        if event.type == "ESC" and self._stop_by is None:
-            self._process.ask_to_stop()  # never blocks: the timer below kills it if it does not stop in time
-            self._stop_by = time.monotonic() + STOP_GRACE_S
-            INSTALL.status = "cancelling…"
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        if self._stop_by is not None and time.monotonic() > self._stop_by and not self._process.finished:
-            self._process.kill()
-        for item in self._process.poll():
-            self._on_event(context, item)
-        if not self._process.finished:
-            return {"PASS_THROUGH"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        status_text(context, None)
-        return self._finish(context, self._process.final_event)
 
     def cancel(self, context):  # Blender closing the operator (file load, quit, its window closed)
         if self._process and not self._process.finished:

@@ -17,7 +17,16 @@ from ..blender_equi360.jobs.engine_process import EngineProcess, EngineQuery
 from ..blender_equi360.jobs.lora_versions import LORA_VERSIONS
 from .preferences import ADDON_ROOT, MODEL_ROLES, PACKAGE, preferences, use_found_set, use_model_files
 from .reports import REPORTED, report_engine_error, report_error
-from .waiting import TIMER_S, duration, engine_env, engine_python, redraw_preferences, status_text, wait_modally
+from .waiting import (
+    TIMER_S,
+    WaitsForEngine,
+    duration,
+    engine_env,
+    engine_python,
+    redraw_preferences,
+    status_text,
+    wait_modally,
+)
 
 STOP_GRACE_S = 3.0       # after Esc, the download stops at its next chunk; a stalled connection is killed
 REPORTED_UNUSED = 8      # files in no set listed in the preferences (the report has them all)
@@ -240,7 +249,7 @@ def lora_version_of(path: str | None) -> str | None:
     return next((v.name for v in LORA_VERSIONS.values() if name in (n.lower() for n in v.file_names)), None)
 
 
-class EQUI360_OT_download_models(bpy.types.Operator):
+class EQUI360_OT_download_models(WaitsForEngine, bpy.types.Operator):
     """Download a model set from Hugging Face into the models folder and use it (Esc cancels; what was
     downloaded is kept, and downloading the same set again continues)"""
     bl_idname = "equi360.download_models"
@@ -250,9 +259,8 @@ class EQUI360_OT_download_models(bpy.types.Operator):
     model_set: StringProperty(name="Model set", options={"SKIP_SAVE"},
                               description="The set to download: one that python -m engine models sets lists")
 
-    _process = None     # the EngineProcess while it runs
-    _timer = None
-    _stop_by = None     # after Esc: when a download that has not stopped by itself is killed
+    stop_grace_s = STOP_GRACE_S
+    shown = DOWNLOAD
     _percent = -1       # the last percentage printed in background mode
 
     @classmethod
@@ -281,25 +289,6 @@ class EQUI360_OT_download_models(bpy.types.Operator):
             return {"CANCELLED"}
         context.window_manager.progress_begin(0, 1000)
         return wait_modally(self, context, f"Equi360: {DOWNLOAD.status} (Esc cancels)")
-
-    def modal(self, context, event):
-        if event.type == "ESC" and self._stop_by is None:
-            self._process.ask_to_stop()  # never blocks: the timer below kills it if it does not stop in time
-            self._stop_by = time.monotonic() + STOP_GRACE_S
-            DOWNLOAD.status = "cancelling…"
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        if self._stop_by is not None and time.monotonic() > self._stop_by and not self._process.finished:
-            self._process.kill()
-        for item in self._process.poll():
-            self._on_event(context, item)
-        if not self._process.finished:
-            return {"PASS_THROUGH"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        status_text(context, None)
-        return self._finish(context, self._process.final_event)
 
     def cancel(self, context):  # Blender closing the operator (file load, quit, its window closed)
         if self._process and not self._process.finished:

@@ -4,6 +4,7 @@ modal timer that polls it, and what the status bar says meanwhile. Every operato
 (find/download models, install, the preview sheet) uses these."""
 
 import os
+import time
 
 import bpy
 
@@ -50,3 +51,34 @@ def duration(seconds: float) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
+
+
+class WaitsForEngine:
+    """The modal half of an operator that runs one engine command (an ``EngineProcess``): Esc asks it to stop
+    (never blocking) and a timer tick after ``stop_grace_s`` kills it; each tick hands its events to
+    ``_on_event``; when it has ended, ``_finish(context, final_event)``. ``shown`` is the object whose
+    ``status`` the preferences draw."""
+    stop_grace_s = 3.0
+    shown = None
+    _process = None
+    _timer = None
+    _stop_by = None
+
+    def modal(self, context, event):
+        if event.type == "ESC" and self._stop_by is None:
+            self._process.ask_to_stop()
+            self._stop_by = time.monotonic() + self.stop_grace_s
+            self.shown.status = "cancelling…"
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if self._stop_by is not None and time.monotonic() > self._stop_by and not self._process.finished:
+            self._process.kill()
+        for item in self._process.poll():
+            self._on_event(context, item)
+        if not self._process.finished:
+            return {"PASS_THROUGH"}
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        status_text(context, None)
+        return self._finish(context, self._process.final_event)
