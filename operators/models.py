@@ -20,6 +20,7 @@ from .reports import REPORTED, report_engine_error, report_error
 from .waiting import (
     TIMER_S,
     WaitsForEngine,
+    WaitsForQuery,
     duration,
     engine_env,
     engine_python,
@@ -129,7 +130,7 @@ def set_summary(found: dict) -> str:
             f"{memory['denoise_gb']} GB, decode {memory['decode_gb']} GB (Low VRAM: denoise {low['denoise_gb']} GB)")
 
 
-class EQUI360_OT_find_models(bpy.types.Operator):
+class EQUI360_OT_find_models(WaitsForQuery, bpy.types.Operator):
     """Look for the model files on this machine (the models folder, ComfyUI installs, the Hugging Face cache)
     and use the most capable complete set"""
     bl_idname = "equi360.find_models"
@@ -139,35 +140,7 @@ class EQUI360_OT_find_models(bpy.types.Operator):
     directory: StringProperty(name="Also search", subtype="DIR_PATH", options={"SKIP_SAVE"},
                               description="A folder to search as well (with its subfolders)")
 
-    _query = None  # the EngineQuery while it runs
-    _timer = None
-
-    def execute(self, context):  # background mode and scripts: it reads file headers only, seconds
-        if not self._start(context):
-            return {"CANCELLED"}
-        return self._finish(context, self._query.wait)
-
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-        if not self._start(context):
-            return {"CANCELLED"}
-        return wait_modally(self, context, "Equi360: looking for the model files (Esc cancels)")
-
-    def modal(self, context, event):
-        if event.type == "ESC":
-            self._query.kill()
-            self._end(context)
-            self.report({"WARNING"}, "Find Models cancelled")
-            return {"CANCELLED"}
-        if event.type != "TIMER" or not self._query.finished:
-            return {"PASS_THROUGH"}
-        self._end(context)
-        return self._finish(context, self._query.result)
-
-    def cancel(self, context):  # Blender closing the operator (file load, quit, its window closed)
-        if self._query and not self._query.finished:
-            self._query.kill()
+    waiting = "Equi360: looking for the model files (Esc cancels)"
 
     def _start(self, context) -> bool:
         prefs = preferences(context)
@@ -181,10 +154,6 @@ class EQUI360_OT_find_models(bpy.types.Operator):
             report_error(self, err)
             return False
         return True
-
-    def _end(self, context) -> None:
-        context.window_manager.event_timer_remove(self._timer)
-        status_text(context, None)
 
     def _finish(self, context, read_report) -> set:
         prefs = preferences(context)

@@ -13,7 +13,7 @@ from . import world
 from .compat import sequencer_scene
 from .preferences import ADDON_ROOT, check_engine, preferences, summarize_check
 from .reports import REPORTED, report_error, reports_errors
-from .waiting import engine_env, engine_python, status_text, wait_modally
+from .waiting import WaitsForQuery, engine_env, engine_python
 
 
 class EQUI360_OT_load_world(bpy.types.Operator):
@@ -60,7 +60,7 @@ class EQUI360_OT_add_strip(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class EQUI360_OT_show_preview(bpy.types.Operator):
+class EQUI360_OT_show_preview(WaitsForQuery, bpy.types.Operator):
     """Make the preview sheet of the 360° result (the equirect frame and six views around, the plate
     outlined) at the current frame, in the engine's Python (Blender does not wait), and show it in an
     Image Editor"""
@@ -70,29 +70,7 @@ class EQUI360_OT_show_preview(bpy.types.Operator):
 
     filepath: bpy.props.StringProperty(subtype="FILE_PATH", description="Equirect video (default: the job's result)")
 
-    _query = None  # the engine's ``preview`` while it runs
-    _timer = None
-
-    def execute(self, context):  # background mode and scripts: wait for it
-        if not self._start(context):
-            return {"CANCELLED"}
-        return self._finish(context, self._query.wait)
-
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-        if not self._start(context):
-            return {"CANCELLED"}
-        return wait_modally(self, context, "Equi360: making the preview sheet (Esc cancels)")
-
-    def modal(self, context, event):
-        if event.type == "ESC":
-            self._query.kill()
-        elif event.type != "TIMER" or not self._query.finished:
-            return {"PASS_THROUGH"}
-        context.window_manager.event_timer_remove(self._timer)
-        status_text(context, None)
-        return {"CANCELLED"} if event.type == "ESC" else self._finish(context, self._query.result)
+    waiting = "Equi360: making the preview sheet (Esc cancels)"
 
     def _start(self, context) -> bool:
         scene = sequencer_scene(context)

@@ -82,3 +82,41 @@ class WaitsForEngine:
         wm.progress_end()
         status_text(context, None)
         return self._finish(context, self._process.final_event)
+
+
+class WaitsForQuery:
+    """An operator that asks the engine one question (an ``EngineQuery``: ``models find``, ``preview``):
+    ``_start(context)`` starts it (False: reported, nothing to wait for), then the answer goes to
+    ``_finish(context, read_result)``; modal with a timer and Esc under a UI (``waiting`` is the status
+    bar's text), blocking in background mode and scripts."""
+    waiting = "Equi360: asking the engine (Esc cancels)"
+    _query = None
+    _timer = None
+
+    def execute(self, context):
+        if not self._start(context):
+            return {"CANCELLED"}
+        return self._finish(context, self._query.wait)
+
+    def invoke(self, context, event):
+        if bpy.app.background:
+            return self.execute(context)
+        if not self._start(context):
+            return {"CANCELLED"}
+        return wait_modally(self, context, self.waiting)
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            self._query.kill()
+        elif event.type != "TIMER" or not self._query.finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        status_text(context, None)
+        if event.type == "ESC":
+            self.report({"WARNING"}, f"{self.bl_label} cancelled")
+            return {"CANCELLED"}
+        return self._finish(context, self._query.result)
+
+    def cancel(self, context):  # Blender closing the operator (file load, quit, its window closed)
+        if self._query and not self._query.finished:
+            self._query.kill()
