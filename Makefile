@@ -57,7 +57,7 @@ $(LTS42_INSTALLED): requirements-lts42.txt
 
 test: $(INSTALLED) $(LTS_INSTALLED) $(LTS42_INSTALLED)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n auto --maxprocesses 4  # pytest-xdist: the suite's files spread over up to 4 cores
+	$(PY) -m pytest -n auto --maxprocesses 4  # pytest-xdist: the tests spread over up to 4 cores
 
 bench: $(INSTALLED)
 	$(PY) bench/reference.py

@@ -114,6 +114,7 @@ def blender(tmp_path, body: str, bpy_python=sys.executable, timeout=300) -> dict
     return results[-1]
 
 
+@pytest.mark.parametrize("bpy_python", ["5.0", "4.2"], indirect=True)  # the newest and the oldest Blender
 def test_convert_with_the_draft_engine_loads_world_camera_and_strip(tmp_path, clip, bpy_python):
     result = blender(tmp_path, bpy_python=bpy_python, body=f"""
         prefs.suffix_360, prefs.passes = True, "exr"
