@@ -4,7 +4,6 @@ subprocess: modal with a timer when Blender has a UI (progress in the status bar
 background mode, where timers and modal handlers never run."""
 
 import os
-import time
 from pathlib import Path
 
 import bpy
@@ -17,9 +16,9 @@ from . import compat, scene_read, world
 from .compat import sequencer_scene
 from .job_setup import prepare_job, show_result, strips_to_convert
 from .preferences import ADDON_ROOT, PACKAGE, preferences
-from .reports import REPORTED, report_error
+from .reports import REPORTED, engine_failure, report_engine_error, report_error
+from .waiting import TIMER_S, WaitsForEngine
 
-TIMER_S = 0.1
 BYTE_STAGES = ("upload", "download")  # progress counted in bytes (the engine on another machine)
 
 
@@ -46,7 +45,7 @@ def start_engine(prefs, job_dir, remote: RemoteHost | None = None):
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-class EQUI360_OT_convert(bpy.types.Operator):
+class EQUI360_OT_convert(WaitsForEngine, bpy.types.Operator):
     """Convert the selected movie strips (or the active one) to 360° videos with the engine, one after
     the other"""
     bl_idname = "equi360.convert"
@@ -59,7 +58,7 @@ class EQUI360_OT_convert(bpy.types.Operator):
     _queue = ()      # names of the strips still to convert
     _remote = None   # the RemoteHost the engine runs on (the preferences' Run on another machine), or None
     _failed = False
-    _stop_by = None  # after Esc: when the engine is killed if it has not stopped
+    stop_grace_s = CANCEL_GRACE_S  # the engine ends its denoising step first
 
     def strips(self, scene) -> list:
         return strips_to_convert(scene)
@@ -133,28 +132,17 @@ class EQUI360_OT_convert(bpy.types.Operator):
         wm.progress_begin(0, 1000)
         return {"RUNNING_MODAL"}
 
+    def _shown(self, context):
+        return sequencer_scene(context).equi360
+
     def modal(self, context, event):
-        if event.type == "ESC" and self._stop_by is None:
-            sequencer_scene(context).equi360.status = "cancelling…"
-            self._process.ask_to_stop()  # never blocks: the engine ends its step, or is killed below
-            self._stop_by = time.monotonic() + CANCEL_GRACE_S
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        if self._stop_by is not None and time.monotonic() > self._stop_by and not self._process.finished:
-            self._process.kill()
-        for item in self._process.poll():
-            self._on_event(context, item)
-        if not self._process.finished:
+        if not self._watch(context, event):
             return {"PASS_THROUGH"}
         final = self._process.final_event
-        self._stop_by = None
         self._finish(context, final)
         if not (final and final.get("code") == "cancelled") and self._start_next(context):
             return {"PASS_THROUGH"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        context.workspace.status_text_set(None)
+        self._stop_waiting(context)
         return {"CANCELLED"} if self._failed else {"FINISHED"}
 
     def cancel(self, context):  # Blender closing the operator (file load, quit): never leave the engine
@@ -190,10 +178,8 @@ class EQUI360_OT_convert(bpy.types.Operator):
         state = sequencer_scene(context).equi360
         state.running = False
         if final is None or final["event"] == "error":
-            code = final["code"] if final else "crashed"
-            message = final["message"] if final else "the engine ended without a result"
-            state.status = f"[{code}] {message}"
-            self.report({"WARNING"} if code == "cancelled" else {"ERROR"}, f"Equi360 [{code}]: {message}")
+            state.status = "[{}] {}".format(*engine_failure(final))
+            report_engine_error(self, final)
             self._failed = True
             return
         try:

@@ -17,7 +17,7 @@ from bpy.props import BoolProperty
 from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.engine_process import EngineProcess
 from .preferences import ADDON_ROOT, PACKAGE, preferences, summarize_check
-from .reports import REPORTED, report_engine_error, report_error
+from .reports import REPORTED, engine_failure, report_engine_error, report_error
 from .waiting import TIMER_S, WaitsForEngine, duration, engine_env, redraw_preferences, status_text
 
 MIN_PYTHON = (3, 11)
@@ -172,10 +172,9 @@ class EQUI360_OT_install_engine(WaitsForEngine, bpy.types.Operator):
         if not bpy.app.background:
             redraw_preferences()
         if final is None or final["event"] == "error":
-            code = final["code"] if final else "crashed"
+            code, message = engine_failure(final)
             outcome = "stopped" if code == "cancelled" else "failed"
-            prefs.check_report = f"Install Engine {outcome} [{code}]: " + (
-                final["message"] if final else "the engine ended without a result")
+            prefs.check_report = f"Install Engine {outcome} [{code}]: " + message
             return report_engine_error(self, final)
         prefs.engine_python = final["outputs"]["python"]
         done = (f"Engine installed in {final.get('folder', self._folder)}: torch {final.get('torch')} "

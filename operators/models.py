@@ -16,7 +16,7 @@ from ..blender_equi360 import Equi360Error
 from ..blender_equi360.jobs.engine_process import EngineProcess, EngineQuery
 from ..blender_equi360.jobs.lora_versions import LORA_VERSIONS
 from .preferences import ADDON_ROOT, MODEL_ROLES, PACKAGE, preferences, use_found_set, use_model_files
-from .reports import REPORTED, report_engine_error, report_error
+from .reports import REPORTED, engine_failure, report_engine_error, report_error
 from .waiting import (
     TIMER_S,
     WaitsForEngine,
@@ -318,10 +318,9 @@ class EQUI360_OT_download_models(WaitsForEngine, bpy.types.Operator):
         if not bpy.app.background:
             redraw_preferences()
         if final is None or final["event"] == "error":
-            code = final["code"] if final else "crashed"
+            code, message = engine_failure(final)
             outcome = "stopped" if code == "cancelled" else "failed"
-            prefs.models_report = f"Download of {self.model_set} {outcome} [{code}]: " + (
-                final["message"] if final else "the engine ended without a result")
+            prefs.models_report = f"Download of {self.model_set} {outcome} [{code}]: " + message
             return report_engine_error(self, final)
         outputs = final["outputs"]
         sets = catalog(prefs, wait=bpy.app.background) or {}  # read while the set downloaded

@@ -14,11 +14,15 @@ def report_error(operator, err: Exception | str, prefix: str = "") -> set:
     return {"CANCELLED"}
 
 
+def engine_failure(final: dict | None) -> tuple[str, str]:
+    """The code and message of an engine that ended badly: its ``error`` event, or none at all (crashed)."""
+    return (final["code"], final["message"]) if final else ("crashed", "the engine ended without a result")
+
+
 def report_engine_error(operator, final: dict | None) -> set:
     """The engine's final ``error`` event as ``Equi360 [code]: message`` (None: it ended without one); a
     cancel is a warning, not an error."""
-    code = final["code"] if final else "crashed"
-    message = final["message"] if final else "the engine ended without a result"
+    code, message = engine_failure(final)
     if code == "cancelled":
         operator.report({"WARNING"}, f"Equi360 [{code}]: {message}")
         return {"CANCELLED"}

@@ -54,33 +54,45 @@ def duration(seconds: float) -> str:
 
 
 class WaitsForEngine:
-    """The modal half of an operator that runs one engine command (an ``EngineProcess``): Esc asks it to stop
-    (never blocking) and a timer tick after ``stop_grace_s`` kills it; each tick hands its events to
-    ``_on_event``; when it has ended, ``_finish(context, final_event)``. ``shown`` is the object whose
-    ``status`` the preferences draw."""
+    """The modal half of an operator that runs one engine process at a time (an ``EngineProcess`` or its
+    remote twin): Esc asks it to stop (never blocking) and a timer tick after ``stop_grace_s`` kills it; each
+    tick hands its events to ``_on_event``; when it has ended, ``_finish(context, final_event)``.
+    ``_shown(context)`` is the object whose ``status`` the UI draws."""
     stop_grace_s = 3.0
     shown = None
     _process = None
     _timer = None
     _stop_by = None
 
-    def modal(self, context, event):
+    def _shown(self, context):
+        return self.shown
+
+    def _watch(self, context, event) -> bool:
+        """One event while the engine runs; True once it has ended (on a timer tick)."""
         if event.type == "ESC" and self._stop_by is None:
             self._process.ask_to_stop()
             self._stop_by = time.monotonic() + self.stop_grace_s
-            self.shown.status = "cancelling…"
+            self._shown(context).status = "cancelling…"
         if event.type != "TIMER":
-            return {"PASS_THROUGH"}
+            return False
         if self._stop_by is not None and time.monotonic() > self._stop_by and not self._process.finished:
             self._process.kill()
         for item in self._process.poll():
             self._on_event(context, item)
-        if not self._process.finished:
-            return {"PASS_THROUGH"}
+        if self._process.finished:
+            self._stop_by = None
+        return self._process.finished
+
+    def _stop_waiting(self, context) -> None:
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
         wm.progress_end()
         status_text(context, None)
+
+    def modal(self, context, event):
+        if not self._watch(context, event):
+            return {"PASS_THROUGH"}
+        self._stop_waiting(context)
         return self._finish(context, self._process.final_event)
 
 

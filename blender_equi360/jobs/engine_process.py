@@ -147,18 +147,7 @@ class EngineProcess:
     def wait(self, on_event, interval: float = 0.1) -> dict | None:
         """Blocking loop (background mode): passes each event to ``on_event`` until the engine ends;
         returns the final ``done``/``error`` event. Ctrl+C cancels the engine."""
-        try:
-            while not self._finished:
-                for event in self.poll():
-                    on_event(event)
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            self.cancel()
-            while not self._finished:
-                for event in self.poll():
-                    on_event(event)
-                time.sleep(interval)
-        return self.final_event
+        return wait_for(self, on_event, interval)
 
     @property
     def final_event(self) -> dict | None:
@@ -196,6 +185,22 @@ class EngineProcess:
         deadline = time.monotonic() + timeout
         while self._proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+def wait_for(process, on_event, interval: float = 0.1) -> dict | None:
+    """Blocking loop over an engine process (this machine's or a remote one): each event to ``on_event``
+    until it ends; returns its final event. Ctrl+C cancels it, and its last events still come."""
+    def drain():
+        while not process.finished:
+            for event in process.poll():
+                on_event(event)
+            time.sleep(interval)
+    try:
+        drain()
+    except KeyboardInterrupt:
+        process.cancel()
+        drain()
+    return process.final_event
 
 
 class EngineQuery:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import partial_path
-from .engine_process import _RUNNING, _kill_group
+from .engine_process import _RUNNING, _kill_group, wait_for
 from .errors import Equi360Error
 from .job import JOB_FILE, LOG_FILE, Job, SourceSpec, job_path, load_job
 from .protocol import ProtocolError, parse_event
@@ -385,18 +385,7 @@ class RemoteEngineProcess:
 
     def wait(self, on_event, interval: float = 0.1) -> dict | None:
         """Blocking loop (background mode, scripts): each event to ``on_event`` until the end; Ctrl+C cancels."""
-        try:
-            while not self._finished:
-                for event in self.poll():
-                    on_event(event)
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            self.cancel()
-            while not self._finished:
-                for event in self.poll():
-                    on_event(event)
-                time.sleep(interval)
-        return self.final_event
+        return wait_for(self, on_event, interval)
 
     def cancel(self, grace_s: float = 10.0) -> None:
         """Ask the remote engine to stop; if the run has not ended within ``grace_s``, kill it. Blocks."""
