@@ -74,7 +74,7 @@ def test_drift_away_from_the_plate_is_removed_band_by_band():
     texture = smooth_texture(width, height).astype(np.float32)
     drifting = texture * (1 - 0.25 * distance / 135)[None, :, None]  # 25 % darker at the far side
     frames = [drifting.clip(0, 255).astype(np.uint8)] * 3
-    gain = fit_drift(frames, known)
+    gain = fit_drift(frames, Tone.identity(), known)
     assert gain.shape == DRIFT_GRID
     corrected = (frames[0] * _gain_image(gain, width, height)[..., None]).clip(0, 255)
     far = (slice(None), slice(0, 40))  # the far side, opposite the plate

@@ -102,6 +102,32 @@ def test_the_core_has_no_import_cycles():
         visit(m, [])
 
 
+ENGINE_ONLY = {"numba", "llvmlite"}  # in the engine's packages, not in the add-on's wheels
+
+
+def core_modules_the_add_on_loads() -> dict[str, Path]:
+    """Every core module the add-on's code can import, directly or through other core modules."""
+    modules = {module_name(p): p for p in files("blender_equi360")}
+
+    def core_names(path):
+        names = {n.removeprefix("operators.") for n in imports(path)}
+        return {n for n in names if n in modules}
+    reached, todo = {}, set().union(*(core_names(p) for p in files("operators")))
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached[name] = modules[name]
+            todo |= core_names(modules[name])
+    return reached
+
+
+def test_the_add_on_never_loads_the_engine_only_packages():
+    reached = core_modules_the_add_on_loads()
+    assert "blender_equi360.stages.reference" in reached  # the walk follows the add-on's imports
+    wrong = {name: sorted(n for n in imports(path) if top(n) in ENGINE_ONLY) for name, path in reached.items()}
+    assert not {k: v for k, v in wrong.items() if v}, "the add-on would import numba through these"
+
+
 def test_a_broken_rule_is_seen():
     """The checker itself: an upward relative import that climbs, and a third-party one, are both found."""
     probe = ROOT / "blender_equi360" / "jobs" / "probe.py"

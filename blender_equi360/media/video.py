@@ -379,6 +379,7 @@ class PlaybackVideoWriter(_Writer):
         context.color_range = 1  # limited ("tv")
         self.fps, self.frames, self.pix_fmt = Fraction(fps), 0, pix_fmt
         self._last_dts = None
+        self._rgb = None
         self.audio = AudioEncoder(self.container, audio) if audio is not None else None
 
     def encode(self, frame) -> list:
@@ -387,6 +388,17 @@ class PlaybackVideoWriter(_Writer):
             self._repair_dts(p)
             self.container.mux(p)
         return packets
+
+    def _rgb_frame(self, rgb: np.ndarray):
+        """``rgb`` as a frame to convert: copied into one frame kept for the whole clip (the conversion makes the
+        frame the encoder gets), which saves allocating and laying out a new one each time."""
+        height, width = rgb.shape[:2]
+        if self._rgb is None or (self._rgb.width, self._rgb.height) != (width, height):
+            self._rgb = av.VideoFrame(width, height, "rgb24")
+        if rgb.flags.c_contiguous and self._rgb.planes[0].line_size == width * 3:
+            self._rgb.planes[0].update(rgb)
+            return self._rgb
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
 
     def _repair_dts(self, packet) -> None:
         """x265 stamps the packets of a clip of one or two frames with a decoding time read from memory it
@@ -398,9 +410,11 @@ class PlaybackVideoWriter(_Writer):
         self._last_dts = packet.dts
 
     def write(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        frame = self._rgb_frame(rgb).reformat(
             format=self.pix_fmt, src_colorspace="ITU709", dst_colorspace="ITU709", src_color_range="JPEG",
             dst_color_range="MPEG", interpolation=self._RGB_TO_YUV)
+        if frame is self._rgb:  # nothing to convert: the encoder keeps this one
+            self._rgb = None
         self.encode(frame)
         self.frames += 1
         if self.audio:

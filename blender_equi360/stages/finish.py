@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..geometry import kernels
 from ..geometry.poles import PoleRepair
 from ..geometry.projection import box_blur, sample_equirect
 from ..jobs.canvas import CanvasSize
 from ..jobs.delivery_settings import DeliverySettings
 from ..media.audio import audio_for
-from ..media.images import luma as to_luma
 from ..media.video import decode_plates, probe, resize
 from .delivery import delivery
 from .plate import PlateSampler
@@ -77,13 +77,15 @@ def fit_tone(pairs) -> Tone:
     return Tone(gain, offset)
 
 
-def fit_drift(frames, known: np.ndarray) -> np.ndarray:
+def fit_drift(generated, tone: Tone, known: np.ndarray) -> np.ndarray:
     """A gain field (DRIFT_GRID, float32) that removes, per latitude band, the part of the generated
-    region's low-frequency luma that grows linearly with angular distance from the plate."""
+    region's low-frequency luma (of the frames after ``tone``) that grows linearly with angular distance
+    from the plate."""
     rows, cols = DRIFT_GRID
     total, count = np.zeros(DRIFT_GRID), 0
-    for frame in frames:
-        total += _cells(to_luma(frame), rows, cols)
+    gain, offset = tone.gain.astype(np.float32), tone.offset.astype(np.float32)
+    for frame in generated:
+        kernels.toned_luma_cells(frame, gain, offset, rows, cols, total)
         count += 1
     if count == 0 or not known.any():
         return np.ones(DRIFT_GRID, np.float32)
@@ -176,25 +178,27 @@ def finish(generated, source: Path, placement: Placement, reference_frames, mode
     size = settings.canvas
     known = model_mask < 128
     tone = fit_tone((g, r, known) for g, r in zip(generated, reference_frames))
-    drift = _gain_image(fit_drift((tone.apply(g) for g in generated), known), *model_mask.shape[::-1])[..., None]
+    drift = _gain_image(fit_drift(generated, tone, known), *model_mask.shape[::-1])
     total = len(generated)
     height, width = model_mask.shape
     poles = PoleRepair(CanvasSize(width, height))
     plate = PlateSampler(placement.camera, placement.window, size)
-    alpha = plate_alpha(plate.mask, FEATHER_DEG / 360.0 * size.width)[plate.rows, :, None]
+    alpha = plate_alpha(plate.mask, FEATHER_DEG / 360.0 * size.width)[plate.rows]
     plates = _held((bgra for _, bgra, _ in decode_plates(probe(source), placement.picture, placement.crop,
                                                          plate.source_size, placement.fps, placement.start_s,
                                                          total)), total)
     generated_region = np.ones((size.height, size.width), np.float32)
-    generated_region[plate.rows] = 1.0 - alpha[..., 0]
+    generated_region[plate.rows] = 1.0 - alpha
+    gain, offset = tone.gain.astype(np.float32), tone.offset.astype(np.float32)
+    toned = np.empty((height, width, 3), np.uint8)
+    delivered = np.empty((size.height, size.width, 3), np.uint8)
     audio = audio_for(source, placement.start_s, total / fps) if settings.audio else None
     with delivery(out, fps, settings, generated_region, title, audio) as write:
         for k, (frame, plate_bgra) in enumerate(zip(generated, plates), 1):
-            toned = np.clip(tone.apply(frame) * drift + 0.5, 0, 255).astype(np.uint8)
-            canvas = resize_equirect(poles.apply(toned), size.width, size.height)
-            band = canvas[plate.rows].astype(np.float32)
-            canvas[plate.rows] = np.clip(band + (plate.project(plate_bgra) - band) * alpha + 0.5, 0, 255)
-            write(canvas)
+            kernels.tone_and_drift(frame, gain, offset, drift, drift, np.float32(0), toned)
+            canvas = resize_equirect(poles.apply(toned, out=toned), size.width, size.height)
+            plate.lay(canvas, plate_bgra, alpha, delivered)
+            write(delivered)
             if progress:
                 progress(k, total)
     return settings.video_path(Path(out))

@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from ..geometry import kernels
 from ..geometry.camera import Camera
 from ..geometry.projection import (
     Lens,
@@ -63,15 +64,14 @@ class _Taps:
             self.dst = np.concatenate(self.dst)
             self.index = np.concatenate(self.index, axis=1)
             self.weight = np.concatenate(self.weight, axis=1)
+        else:  # typed empty arrays: the compiled loops take them as they take full ones
+            self.dst = np.zeros(0, np.intp)
+            self.index, self.weight = np.zeros((16, 0), np.int32), np.zeros((16, 0), np.float32)
         return self
 
     def accumulate(self, pyramid: np.ndarray, out: np.ndarray) -> None:
-        if len(self.dst) == 0:
-            return
-        total = pyramid[self.index[0]] * self.weight[0][:, None]
-        for index, weight in zip(self.index[1:], self.weight[1:]):
-            total += pyramid[index] * weight[:, None]
-        out[self.dst] += total
+        if len(self.dst):
+            kernels.gather_taps(pyramid, self.dst, self.index, self.weight, out)
 
 
 class PlateSampler:
@@ -127,6 +127,7 @@ class PlateSampler:
         self.mask[self.rows] = np.rint(255 * (1 - coverage)).astype(np.uint8)
         self._band = (end - first, size.width)
         self._pyramid = np.zeros((int(self.offsets[-1]), 3), np.float32)
+        self._slots = [_slots(taps, (end - first) * size.width) for taps in (self._enlarge, self._reduce)]
 
     def _subsample_taps(self, su: np.ndarray, sv: np.ndarray, level: np.ndarray):
         """Bilinear taps of the 4 subsamples (4, n) at each pixel's pyramid level: (16, n) rows, weights."""
@@ -147,6 +148,22 @@ class PlateSampler:
     def project(self, plate_bgra: np.ndarray) -> np.ndarray:
         """The plate's rows of the delivery canvas, RGB float32, from one frame's window at the source's size
         (BGRA uint8, as :func:`.video.decode_plates` gives it)."""
+        self._fill_pyramid(plate_bgra)
+        band = np.zeros((self._band[0] * self._band[1], 3), np.float32)
+        self._enlarge.accumulate(self._pyramid, band)
+        self._reduce.accumulate(self._pyramid, band)
+        return band.reshape(*self._band, 3)
+
+    def lay(self, canvas: np.ndarray, plate_bgra: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
+        """``out`` = the delivery ``canvas`` (uint8 RGB) with this frame's plate laid over it: ``canvas + (plate −
+        canvas)·alpha`` over the plate's rows (``alpha`` (rows, W) float32), rounded; :meth:`project` and that
+        blend in one pass, which skips the plate where ``alpha`` is 0."""
+        self._fill_pyramid(plate_bgra)
+        enlarge, reduce = self._enlarge, self._reduce
+        kernels.lay_plate(canvas, self.rows.start, alpha, self._pyramid, self._slots[0], enlarge.index,
+                          enlarge.weight, self._slots[1], reduce.index, reduce.weight, out)
+
+    def _fill_pyramid(self, plate_bgra: np.ndarray) -> None:
         native_w, native_h = self.source_size
         if plate_bgra.shape[:2] != (native_h, native_w):
             raise ValueError(f"expected a {native_w}x{native_h} plate, got {plate_bgra.shape}")
@@ -155,10 +172,13 @@ class PlateSampler:
             w, h = self.levels[k]
             level = rgb if k == 0 else resize(rgb, w, h, PYRAMID_FILTER)
             self._pyramid[self.offsets[k]: self.offsets[k + 1]] = level.reshape(-1, 3)
-        band = np.zeros((self._band[0] * self._band[1], 3), np.float32)
-        self._enlarge.accumulate(self._pyramid, band)
-        self._reduce.accumulate(self._pyramid, band)
-        return band.reshape(*self._band, 3)
+
+
+def _slots(taps: _Taps, pixels: int) -> np.ndarray:
+    """Each band pixel's column in ``taps``, −1 where it has none."""
+    slots = np.full(pixels, -1, np.int32)
+    slots[taps.dst] = np.arange(len(taps.dst), dtype=np.int32)
+    return slots
 
 
 def _pyramid_level(scale: np.ndarray, levels: int) -> np.ndarray:
