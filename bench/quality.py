@@ -36,6 +36,7 @@ from blender_equi360.quality.metrics import psnr  # noqa: E402
 from blender_equi360.quality.score import format_report, score  # noqa: E402
 from blender_equi360.stages import delivery as delivery_module  # noqa: E402
 from blender_equi360.stages.finish import finish  # noqa: E402
+from blender_equi360.stages.join import whole_clip  # noqa: E402
 from blender_equi360.stages.reference import load_placement  # noqa: E402
 from common import write_section  # noqa: E402
 
@@ -122,7 +123,7 @@ def plate_case(flat: str, delivery: str) -> dict:
         real = delivery_module.PlaybackVideoWriter
         delivery_module.PlaybackVideoWriter = writer or real
         try:
-            finish(generated, clip, placement, generated, mask, out, placement.frame_rate,
+            finish(whole_clip(generated, generated, mask < 128), clip, placement, mask, out, placement.frame_rate,
                    settings=DeliverySettings(size=delivery, crf=crf, audio=False, spherical_metadata=writer is None))
         finally:
             delivery_module.PlaybackVideoWriter = real

@@ -24,13 +24,19 @@ from blender_equi360.jobs.canvas import CanvasSize
 from blender_equi360.jobs.errors import Equi360Error, IncompatibleJob
 from blender_equi360.jobs.job import LOCK_FILE, LOG_FILE, Job, check_job_folder, job_path, load_job
 from blender_equi360.jobs.protocol import EXIT_CODES
-from blender_equi360.jobs.windows import TimeWindow, fingerprint, open_manifest, plan_windows, remove_partials
+from blender_equi360.jobs.windows import (
+    Manifest,
+    TimeWindow,
+    fingerprint,
+    open_manifest,
+    plan_windows,
+    remove_partials,
+)
 from blender_equi360.media.video import LosslessVideoWriter, probe, read_frames
-from blender_equi360.stages.join import joined_video
 from blender_equi360.stages.reference import build_reference, built_from, settings_for
 
 from . import draft, ltx
-from .deliver import deliver, placement_with_source
+from .deliver import BackgroundFinish, placement_with_source
 from .device import has_device
 from .protocol_io import Channel, EngineError
 
@@ -108,22 +114,30 @@ def check_inputs(job_dir: Path, job: Job) -> None:
                                        "mask built with this reference")
 
 
-def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Channel):
-    """Make every window the manifest does not have yet; returns the manifest, all windows done."""
-    reference = job_path(job_dir, job.reference)
-    placement = placement_with_source(reference)
+def open_windows(job_dir: Path, job: Job, backend: str, channel: Channel) -> Manifest:
+    """The job's plan of windows and which of them are made already (windows.json)."""
+    placement = placement_with_source(job_path(job_dir, job.reference))
     total = min(placement.source_frames, job.output_frames or placement.source_frames)
     windows = plan_windows(total, job.window_frames, job.window_overlap)
     manifest, notes = open_manifest(job_dir, windows, fingerprint(generation_inputs(job_dir, job, backend)))
     for note in notes:
         channel.log(note)
-    pending = manifest.pending()
     channel.log(f"{total} frames in {len(windows)} window(s) of up to {job.window_frames} "
-                f"(overlap {job.window_overlap}); {len(pending)} to make")
+                f"(overlap {job.window_overlap}); {len(manifest.pending())} to make")
+    return manifest
+
+
+def make_windows(job_dir: Path, job: Job, manifest: Manifest, generator, channel: Channel, finishing) -> None:
+    """Make every window the manifest does not have yet, telling ``finishing`` (:class:`.deliver.BackgroundFinish`)
+    of each, and checking it between windows."""
+    reference = job_path(job_dir, job.reference)
+    frame_rate = placement_with_source(reference).frame_rate
+    windows, pending = manifest.windows, manifest.pending()
     if not pending:
-        return manifest
+        return
     generator.prepare()
     for window in pending:
+        finishing.check()
         channel.window = (window.index + 1, len(windows))
         frames = window_reference(reference, window)
         height, width = frames.shape[1:3]
@@ -134,7 +148,7 @@ def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Chan
         made = generator.generate(window, frames, condition, job.seed + window.index)
         del frames, condition
         with atomic_outputs(manifest.window_path(window)) as (tmp,):
-            writer = LosslessVideoWriter(tmp, width, height, placement.frame_rate)
+            writer = LosslessVideoWriter(tmp, width, height, frame_rate)
             try:
                 for frame in itertools.islice(made, window.frames):
                     writer.write_rgb(frame)
@@ -142,9 +156,9 @@ def make_windows(job_dir: Path, job: Job, backend: str, generator, channel: Chan
                 writer.close()
             channel.check_cancel()  # a cancel during the write leaves no window file
         manifest.mark_done(window)
+        finishing.window_made(window)
         channel.log(f"window {window.index + 1}/{len(windows)} done (frames {window.start}–{window.end - 1})")
     channel.window = None
-    return manifest
 
 
 @contextmanager
@@ -207,11 +221,16 @@ def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
                     "peak_vram_gb": None, "memory_plan_gb": None, "backend": None, "draft": False}
         check_inputs(job_dir, job)
         generator = GENERATORS[backend](job_dir, job, channel)
+        manifest = open_windows(job_dir, job, backend, channel)
+        finishing = BackgroundFinish(job_dir, job, manifest, channel, generator.title)
         try:
-            manifest = make_windows(job_dir, job, backend, generator, channel)
+            make_windows(job_dir, job, manifest, generator, channel, finishing)
+        except BaseException:
+            finishing.stop()  # no delivery is left half-written
+            raise
         finally:
             generator.close()
-        out = deliver(job_dir, job, joined_video(manifest), channel, generator.title)
+        out = finishing.result()
     return {"outputs": {"video": str(out)}, **generator.report(), "backend": backend, "draft": backend == "draft"}
 
 

@@ -11,8 +11,10 @@ from blender_equi360.jobs.delivery_settings import DeliverySettings
 from blender_equi360.jobs.job import Job, save_job
 from blender_equi360.media.video import probe, read_frames
 from blender_equi360.quality.score import score
-from blender_equi360.stages.finish import Tone, finish, fit_tone, plate_alpha
+from blender_equi360.stages.finish import finish, plate_alpha
+from blender_equi360.stages.join import whole_clip
 from blender_equi360.stages.reference import load_placement
+from blender_equi360.stages.tone import Tone, fit_tone
 from conftest import smooth_texture, write_clip
 
 
@@ -47,7 +49,7 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
     mask = next(read_frames(tmp_path / "mask.mkv", "gray"))
     placement = load_placement(tmp_path / "reference.mkv")
     out = tmp_path / "result.mp4"
-    finish(generated, clip, placement, read_frames(tmp_path / "reference.mkv"), mask, out, Fraction(24),
+    finish(whole_clip(generated, generated, mask < 128), clip, placement, mask, out, Fraction(24),
            settings=DeliverySettings(size="1024x512"))
     info = probe(out)
     assert (info.width, info.height, info.frame_count) == (1024, 512, 9)
@@ -65,7 +67,7 @@ def test_the_delivered_plate_is_the_source_at_the_delivery_density(tmp_path):
 
 
 def test_drift_away_from_the_plate_is_removed_band_by_band():
-    from blender_equi360.stages.finish import DRIFT_GRID, _gain_image, fit_drift
+    from blender_equi360.stages.tone import DRIFT_GRID, fit_drift, gain_image
     height, width = 128, 256
     known = np.zeros((height, width), bool)
     known[48:80, 96:160] = True
@@ -76,7 +78,7 @@ def test_drift_away_from_the_plate_is_removed_band_by_band():
     frames = [drifting.clip(0, 255).astype(np.uint8)] * 3
     gain = fit_drift(frames, Tone.identity(), known)
     assert gain.shape == DRIFT_GRID
-    corrected = (frames[0] * _gain_image(gain, width, height)[..., None]).clip(0, 255)
+    corrected = (frames[0] * gain_image(gain, width, height)[..., None]).clip(0, 255)
     far = (slice(None), slice(0, 40))  # the far side, opposite the plate
     assert corrected[far].mean() > frames[0][far].mean() * 1.15
     assert abs(corrected[far].mean() - texture[far].mean()) < 0.5 * abs(frames[0][far].mean() - texture[far].mean())

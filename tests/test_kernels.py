@@ -12,8 +12,8 @@ from blender_equi360.geometry.poles import BLEND_DEG, CAP_DEG, PoleRepair
 from blender_equi360.geometry.projection import PlateCrop, box_blur, equirect_to_perspective
 from blender_equi360.jobs.canvas import CanvasSize
 from blender_equi360.media.images import luma
-from blender_equi360.stages.finish import DRIFT_GRID, Tone, _cells, fit_drift
 from blender_equi360.stages.plate import PlateSampler
+from blender_equi360.stages.tone import DRIFT_GRID, Tone, _cells, fit_drift
 
 
 def textured(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -63,13 +63,13 @@ def blend_formula(canvas, rows, plate, alpha):  # the finish's blend of the plat
 def test_tone_and_drift_match_the_formula_and_mix_two_fields():
     frame = textured(96, 192)
     tone = Tone(np.array([1.37, 0.91, 1.02]), np.array([-7.3, 12.6, 0.4]))
-    drift = np.random.default_rng(1).uniform(0.8, 1.25, (96, 192)).astype(np.float32)
+    drift = np.random.default_rng(1).uniform(0.8, 1.25, (96, 192))
     out = np.empty_like(frame)
     kernels.tone_and_drift(frame, tone.gain.astype(np.float32), tone.offset.astype(np.float32), drift,
                            np.full_like(drift, 7.0), np.float32(0), out)
     assert np.array_equal(out, tone_and_drift_formula(frame, tone, drift))
-    other = np.random.default_rng(2).uniform(0.8, 1.25, (96, 192)).astype(np.float32)
-    mixed = drift * np.float32(0.75) + other * np.float32(0.25)
+    other = np.random.default_rng(2).uniform(0.8, 1.25, (96, 192))
+    mixed = drift * 0.75 + other * 0.25
     kernels.tone_and_drift(frame, tone.gain.astype(np.float32), tone.offset.astype(np.float32), drift, other,
                            np.float32(0.25), out)
     assert np.array_equal(out, tone_and_drift_formula(frame, tone, mixed))

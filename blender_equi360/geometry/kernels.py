@@ -26,16 +26,17 @@ _options = dict(parallel=True, cache=True, nogil=True)
 
 @njit(**_options)
 def tone_and_drift(frame, gain, offset, drift_a, drift_b, mix, out):
-    """``out = clip(clip(frame·gain + offset, 0, 255) · drift + 0.5, 0, 255)`` as uint8, float32 throughout,
-    where ``drift = drift_a·(1 − mix) + drift_b·mix`` (two (H, W) gain fields; ``mix`` 0 gives ``drift_a``)."""
+    """``out = clip(clip(frame·gain + offset, 0, 255) · drift + 0.5, 0, 255)`` as uint8: the tone in float32,
+    the drift in float64, where ``drift = drift_a·(1 − mix) + drift_b·mix`` (two (H, W) float64 gain fields;
+    ``mix`` 0 gives ``drift_a``)."""
     height, width = frame.shape[0], frame.shape[1]
-    keep, take = _ONE32 - mix, mix
+    keep, take = 1.0 - mix, np.float64(mix)
     for y in prange(height):
         for x in range(width):
             drift = drift_a[y, x] * keep + drift_b[y, x] * take
             for c in range(3):
                 toned = min(max(np.float32(frame[y, x, c]) * gain[c] + offset[c], _ZERO32), _MAX32)
-                out[y, x, c] = np.uint8(min(max(toned * drift + _HALF32, _ZERO32), _MAX32))
+                out[y, x, c] = np.uint8(min(max(np.float64(toned) * drift + 0.5, 0.0), 255.0))
 
 
 @njit(**_options)
