@@ -38,9 +38,14 @@ from blender_equi360.stages.reference import build_reference, built_from, settin
 from . import draft, ltx
 from .deliver import BackgroundFinish, placement_with_source
 from .device import has_device
-from .protocol_io import Channel, EngineError
+from .protocol_io import Channel, EngineError, JobProgress
 
 GENERATORS = {"draft": draft.DraftGenerator, "ltx": ltx.LtxGenerator}  # backend → its generator (generators.py)
+# Rough seconds per frame of each part of a job (the finish's at 3840×1920), only to weigh the parts against
+# each other in the job's progress: the draft and finish measured on 2 cores (docs/BENCHMARKS.md), LTX a guess
+# until it is measured on a GPU.
+PART_SECONDS_PER_FRAME = {"reference": 0.05, "draft": 0.5, "ltx": 1.0, "finish": 0.2}
+LTX_PREPARE_S = 90.0  # loading the models and encoding the prompt
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -134,8 +139,12 @@ def make_windows(job_dir: Path, job: Job, manifest: Manifest, generator, channel
     frame_rate = placement_with_source(reference).frame_rate
     windows, pending = manifest.windows, manifest.pending()
     if not pending:
+        channel.job.advance("prepare", 1.0)
+        channel.job.advance("generate", 1.0)
         return
     generator.prepare()
+    channel.job.advance("prepare", 1.0)
+    channel.job.advance("generate", pending[0].index / len(windows))  # the windows made before
     for window in pending:
         finishing.check()
         channel.window = (window.index + 1, len(windows))
@@ -194,6 +203,7 @@ def make_reference(job_dir: Path, job: Job, channel: Channel) -> None:
     clip, reference, mask = (job_path(job_dir, p) for p in (job.source.path, job.reference, job.mask))
     if built_from(reference, mask, clip, settings):
         channel.log(f"reference: {reference.name} is already built from {clip.name}")
+        channel.job.advance("reference", 1.0)
         return
     started = time.monotonic()
 
@@ -207,10 +217,34 @@ def make_reference(job_dir: Path, job: Job, channel: Channel) -> None:
         channel.log(f"reference: {note}")
 
 
+def job_progress(job_dir: Path, job: Job, backend: str | None) -> JobProgress:
+    """The job's parts weighed by their expected time: the reference (when the job gives its source), the
+    models, the windows, the finish."""
+    reference = job_path(job_dir, job.reference)
+    try:
+        if reference.is_file():
+            frames = probe(reference).frame_count
+        elif job.source:
+            frames = job.source.frames or probe(job_path(job_dir, job.source.path)).frame_count
+        else:
+            frames = 0
+    except (Equi360Error, OSError):
+        frames = 0  # the stage that reads the file says what is wrong with it
+    frames = max(1, min(frames or 1, job.output_frames or frames or 1))
+    weights = {"reference": PART_SECONDS_PER_FRAME["reference"] * frames if job.source else 0.0}
+    if job.stop_after == "delivery":
+        size = job.delivery.canvas
+        weights.update(prepare=LTX_PREPARE_S if backend == "ltx" else 0.0,
+                       generate=PART_SECONDS_PER_FRAME[backend] * frames,
+                       finish=PART_SECONDS_PER_FRAME["finish"] * frames * size.width * size.height / (3840 * 1920))
+    return JobProgress(weights)
+
+
 def run_job(job_dir: Path, job: Job, backend: str, channel: Channel) -> dict:
     """Build the reference when the job gives its source, make the windows that are not made yet, then
     deliver; returns the ``done`` event's fields."""
     channel.log(f"job {job_dir}: backend {backend}, preset {job.preset}")
+    channel.job = job_progress(job_dir, job, backend)
     with job_lock(job_dir):
         remove_partials(job_dir)
         if job.source:

@@ -17,7 +17,7 @@ from .compat import sequencer_scene
 from .job_setup import prepare_job, show_result, strips_to_convert
 from .preferences import ADDON_ROOT, PACKAGE, preferences
 from .reports import REPORTED, engine_failure, report_engine_error, report_error
-from .waiting import TIMER_S, WaitsForEngine
+from .waiting import TIMER_S, WaitsForEngine, duration
 
 BYTE_STAGES = ("upload", "download")  # progress counted in bytes (the engine on another machine)
 
@@ -154,10 +154,12 @@ class EQUI360_OT_convert(WaitsForEngine, bpy.types.Operator):
         state = sequencer_scene(context).equi360
         kind = event["event"]
         if kind == "progress" and event.get("total"):
-            state.progress = event["step"] / event["total"]
-            if event.get("windows", 1) > 1:  # the bar covers the whole clip, window after window
-                state.progress = (event["window"] - 1 + state.progress) / event["windows"]
-            eta = f", {event['eta_s']:.0f} s left" if event.get("eta_s") is not None else ""
+            if "job_fraction" in event:  # the engine's share of the whole job: only grows, across its stages
+                state.progress = max(state.progress, event["job_fraction"])
+                left = event.get("job_eta_s")
+            else:  # the upload before or the download after a remote engine's run: the bar waits
+                left = event.get("eta_s")
+            eta = f", {duration(left)} left" if left is not None else ""
             window = f"window {event['window']}/{event['windows']}: " if event.get("windows", 1) > 1 else ""
             if event["stage"] in BYTE_STAGES:
                 state.status = f"{event['stage']} {event['step'] / 1e6:.1f}/{event['total'] / 1e6:.1f} MB{eta}"
