@@ -12,12 +12,7 @@ import numpy as np
 from ..jobs.errors import Equi360Error
 from ..jobs.windows import WINDOWS_DIR, Manifest, TimeWindow
 from ..media.video import read_frames
-from .tone import ToneTrack, anchor, fit_window
-
-
-def crossfade_weight(j: int, overlap: int) -> float:
-    """The newer window's share of shared frame ``j`` (0-based): rising linearly, never 0 or 1."""
-    return (j + 1) / (overlap + 1)
+from .tone import ToneTrack, crossfade_weight, fit_window
 
 
 def assemble(windows: list[TimeWindow], frames_of: Callable[[TimeWindow], Iterable[np.ndarray]]
@@ -70,7 +65,7 @@ class GeneratedVideo:
                 self.ready(window)
             fit = fit_window(lambda: itertools.islice(self.frames_of(window), window.frames),
                              itertools.islice(self.reference_of(window), window.frames), self.known)
-            track.add(anchor(self.windows, window.index), fit)
+            track.add(window, fit)
             return self.frames_of(window)
         for t, frame in enumerate(assemble(self.windows, window_frames)):
             yield frame, track.at(t)

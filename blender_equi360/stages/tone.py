@@ -7,12 +7,11 @@ stream: each window's frames are finished as soon as it is made, while the next 
 - **Drift.** The farther from the plate, the more the generated tone wanders. Per latitude band, the
   window's low-frequency luma is fitted as a line in the angular distance from the plate; the sloped part is
   divided out by a smooth gain field (:func:`fit_drift`).
-- **No flicker.** Each window's fit holds at one frame, its *anchor*, and the correction of every frame is
-  the linear blend of the fits of the two anchors around it, so it glides from window to window instead of
-  stepping. A window's anchor is the last frame it hands over before the next window takes part (the frames
-  after it are cross-faded with the next window, which is not made yet); the last window's is its middle.
-  So every frame's correction is known when its window is: nothing waits for the end of the clip, and a
-  clip of one window gets one fit for all its frames, as a whole-clip fit would.
+- **No flicker.** A frame gets the fits of the windows it is made of, in the proportions the join mixes
+  their pictures: its own window's fit, or over a cross-fade the two windows' fits blended with the
+  pictures' weights. The correction follows the picture instead of stepping where one window's fit ends, and
+  every frame's correction is known as soon as its window is: nothing waits for the end of the clip. A clip
+  of one window gets one fit for all its frames, as a whole-clip fit would.
 """
 
 from __future__ import annotations
@@ -129,36 +128,33 @@ def fit_window(frames: Callable[[], Iterable[np.ndarray]], reference: Iterable[n
     return WindowTone(tone.gain.astype(np.float32), tone.offset.astype(np.float32), drift)
 
 
-def anchor(windows: list[TimeWindow], index: int) -> float:
-    """The frame at which window ``index``'s fit holds exactly: the last one it hands over to the clip before
-    the next window is cross-faded in, or the middle of the last window."""
-    window = windows[index]
-    if index + 1 < len(windows):
-        return float(windows[index + 1].start - 1)
-    return window.start + (window.frames - 1) / 2
-
-
 class ToneTrack:
-    """The windows' fits along the clip, added in order as the windows are read; :meth:`at` gives a frame's
-    correction from the fits whose anchors surround it (the first fit before its anchor, the last after)."""
+    """The windows' fits along the clip, added in order as the windows are read. A frame gets the fits of the
+    windows it is made of, in the proportions the join mixes them (:func:`crossfade_weight`): the
+    fit of its window alone, or across a cross-fade the previous window's fit blended into this one's as
+    the pictures are."""
 
     def __init__(self):
-        self.anchors: list[float] = []
+        self.windows: list[TimeWindow] = []
         self.fits: list[WindowTone] = []
 
-    def add(self, at_frame: float, fit: WindowTone) -> None:
-        self.anchors.append(at_frame)
+    def add(self, window: TimeWindow, fit: WindowTone) -> None:
+        self.windows.append(window)
         self.fits.append(fit)
 
     def at(self, frame: int):
         """``(gain, offset, drift_a, drift_b, mix)`` for :func:`.kernels.tone_and_drift`."""
-        k = int(np.searchsorted(self.anchors, frame))  # the first anchor at or after the frame
-        if k == 0 or k == len(self.anchors):
-            fit = self.fits[min(k, len(self.fits) - 1)]
+        k = max(i for i, w in enumerate(self.windows) if w.start <= frame or i == 0)
+        window, fit = self.windows[k], self.fits[k]
+        shared = frame - window.start
+        if k == 0 or shared >= window.overlap:
             return fit.gain, fit.offset, fit.drift, fit.drift, np.float32(0.0)
-        before, after = self.fits[k - 1], self.fits[k]
-        mix = (frame - self.anchors[k - 1]) / (self.anchors[k] - self.anchors[k - 1])
-        keep = 1.0 - mix
-        gain = (before.gain * keep + after.gain * mix).astype(np.float32)
-        offset = (before.offset * keep + after.offset * mix).astype(np.float32)
-        return gain, offset, before.drift, after.drift, np.float32(mix)
+        before, mix = self.fits[k - 1], crossfade_weight(shared, window.overlap)
+        gain = (before.gain * (1.0 - mix) + fit.gain * mix).astype(np.float32)
+        offset = (before.offset * (1.0 - mix) + fit.offset * mix).astype(np.float32)
+        return gain, offset, before.drift, fit.drift, np.float32(mix)
+
+
+def crossfade_weight(j: int, overlap: int) -> float:
+    """The newer window's share of shared frame ``j`` (0-based): rising linearly, never 0 or 1."""
+    return (j + 1) / (overlap + 1)
