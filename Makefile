@@ -57,6 +57,8 @@ $(LTS42_INSTALLED): requirements-lts42.txt
 
 test: $(INSTALLED) $(LTS_INSTALLED) $(LTS42_INSTALLED)
 	$(PY) -m ruff check .
+	$(PY) -m blender_equi360.geometry.kernels  # the finish's and the draft's loops compiled once, before the
+	$(PY) -m engine.draft                      # test workers start (then loaded from numba's cache)
 	$(PY) -m pytest -n auto --maxprocesses 4  # pytest-xdist: the tests spread over up to 4 cores
 
 bench: $(INSTALLED)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from numba import njit, prange
 
 from blender_equi360.jobs.job import job_path
 from blender_equi360.media.video import read_frames
@@ -30,6 +31,45 @@ def _up(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     big = (np.roll(big, 1, axis=1) + 2 * big + np.roll(big, -1, axis=1)) / 4
     padded = np.concatenate([big[:1], big, big[-1:]], axis=0)
     return (padded[:-2] + 2 * padded[1:-1] + padded[2:]) / 4
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _block_sums(reference_rgb, known, scale, colour, weight):
+    """``colour`` (h, w, 3) and ``weight`` (h, w), float32: the sums of ``reference·known`` and ``known`` over
+    each ``scale``×``scale`` block of the full-size frame (the first steps of the fill's pyramid, in one pass)."""
+    for by in prange(weight.shape[0]):
+        for bx in range(weight.shape[1]):
+            total_w = np.float32(0.0)
+            total = np.zeros(3, np.float32)
+            for y in range(by * scale, by * scale + scale):
+                for x in range(bx * scale, bx * scale + scale):
+                    k = known[y, x]
+                    total_w += k
+                    for c in range(3):
+                        total[c] += np.float32(reference_rgb[y, x, c]) * k
+            weight[by, bx] = total_w
+            for c in range(3):
+                colour[by, bx, c] = total[c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _doubled_over_reference(half, reference_rgb, known, out):
+    """``out`` (uint8) = ``rint(known·reference + (1 − known)·up)``, float32, where ``up`` is :func:`_up` of
+    ``half`` to the reference's size (twice as large), computed a pixel at a time."""
+    height, width = known.shape
+    two, four, one = np.float32(2.0), np.float32(4.0), np.float32(1.0)
+    for y in prange(height):
+        above, row, below = max(y - 1, 0) // 2, y // 2, min(y + 1, height - 1) // 2
+        for x in range(width):
+            left, middle, right = ((x - 1) % width) // 2, x // 2, ((x + 1) % width) // 2
+            k = known[y, x]
+            for c in range(3):
+                a = (half[above, left, c] + two * half[above, middle, c] + half[above, right, c]) / four
+                b = (half[row, left, c] + two * half[row, middle, c] + half[row, right, c]) / four
+                d = (half[below, left, c] + two * half[below, middle, c] + half[below, right, c]) / four
+                up = (a + two * b + d) / four
+                value = k * np.float32(reference_rgb[y, x, c]) + (one - k) * up
+                out[y, x, c] = np.uint8(min(max(np.rint(value), np.float32(0)), np.float32(255)))
 
 
 def push_pull_fill(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -105,20 +145,23 @@ def extend_to_sphere(rgb: np.ndarray, known: np.ndarray, rows: int = 4) -> np.nd
 
 def fill_frame(reference_rgb: np.ndarray, mask_gray: np.ndarray, scale: int = 4) -> np.ndarray:
     """One draft frame: the reference where the mask is black; elsewhere the plate extended over the
-    sphere and smoothed. The fill is smooth, so it is computed at 1/``scale`` size."""
-    known = 1.0 - mask_gray.astype(np.float32) / 255.0
-    colour, weight = reference_rgb.astype(np.float32) * known[..., None], known
-    for _ in range(int(np.log2(scale))):
-        colour, weight = _down(colour), _down(weight)
+    sphere and smoothed. The fill is smooth, so it is computed at 1/``scale`` size (``scale`` a power of 2;
+    the frame's sides multiples of it); the full-size steps are compiled loops (numba)."""
+    height, width = mask_gray.shape
+    known = 1.0 - mask_gray.astype(np.float32) / np.float32(255.0)
+    weight = np.empty((height // scale, width // scale), np.float32)
+    colour = np.empty((*weight.shape, 3), np.float32)
+    _block_sums(reference_rgb, known, scale, colour, weight)
     inside = weight >= 0.5 * scale * scale
     average = colour / np.maximum(weight, 1e-6)[..., None]
     fill = extend_to_sphere(average, inside)
     # Push-pull with a small uniform weight trusts each level little: a gentle blur that wraps.
     fill = push_pull_fill(fill, np.full(inside.shape, 0.05, np.float32)).astype(np.float32)
-    while fill.shape[0] < reference_rgb.shape[0]:
-        fill = _up(fill, (fill.shape[0] * 2, fill.shape[1] * 2))
-    out = known[..., None] * reference_rgb + (1.0 - known[..., None]) * fill
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    while fill.shape[0] * 2 < height:
+        fill = _up(fill, (fill.shape[0] * 2, fill.shape[1] * 2)).astype(np.float32)
+    out = np.empty_like(reference_rgb)
+    _doubled_over_reference(np.ascontiguousarray(fill), reference_rgb, known, out)
+    return out
 
 
 class DraftGenerator:
@@ -145,3 +188,7 @@ class DraftGenerator:
 
     def close(self) -> None:
         pass
+
+
+if __name__ == "__main__":  # python -m engine.draft: compile the draft's loops now (make test does, first)
+    fill_frame(np.zeros((64, 128, 3), np.uint8), np.full((64, 128), 255, np.uint8))

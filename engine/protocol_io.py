@@ -63,7 +63,7 @@ class JobProgress:
         self.fraction = max(self.fraction, sum(self.shares[p] * f for p, f in self.done.items()))
         now = time.monotonic()
         elapsed = now - self.started
-        if self.fraction < 0.01 or elapsed < 2.0:
+        if self.fraction < 0.02 or elapsed < 0.5:
             return self.fraction, None  # too early to say
         estimate = elapsed * (1.0 - self.fraction) / self.fraction
         if self._eta is not None:  # never more than the last one said, less the time since

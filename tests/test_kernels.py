@@ -125,3 +125,30 @@ def test_the_plate_taps_and_blend_match_the_formulas():
     laid = np.empty_like(canvas)
     sampler.lay(canvas[:, ::-1][:, ::-1], plate, alpha, laid)  # the canvas may be a strided view
     assert np.array_equal(laid, by_formula)
+
+
+def draft_fill_formula(reference_rgb, mask_gray, scale=4):
+    """The draft's fill as array formulas (engine/draft.py before its full-size steps were compiled)."""
+    from engine.draft import _down, _up, extend_to_sphere, push_pull_fill
+    known = 1.0 - mask_gray.astype(np.float32) / 255.0
+    colour, weight = reference_rgb.astype(np.float32) * known[..., None], known
+    for _ in range(int(np.log2(scale))):
+        colour, weight = _down(colour), _down(weight)
+    inside = weight >= 0.5 * scale * scale
+    fill = extend_to_sphere(colour / np.maximum(weight, 1e-6)[..., None], inside)
+    fill = push_pull_fill(fill, np.full(inside.shape, 0.05, np.float32)).astype(np.float32)
+    while fill.shape[0] < reference_rgb.shape[0]:
+        fill = _up(fill, (fill.shape[0] * 2, fill.shape[1] * 2))
+    out = known[..., None] * reference_rgb + (1.0 - known[..., None]) * fill
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_draft_fill_matches_its_formula(seed):
+    from engine.draft import fill_frame
+    rng = np.random.default_rng(seed)
+    reference = textured(128, 256, seed)
+    mask = np.full((128, 256), 255, np.uint8)
+    mask[40:90, 80:170] = 0
+    mask[40:90, 76:80] = rng.integers(0, 255, (50, 4))  # a feathered edge: weights between 0 and 1
+    assert np.array_equal(fill_frame(reference, mask), draft_fill_formula(reference, mask))

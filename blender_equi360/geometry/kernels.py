@@ -14,8 +14,17 @@ imports this module (numba is among the engine's packages, not the add-on's).
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+# numba's simple thread pool rather than OpenMP's, whose idle threads spin for a while after each loop and
+# take the cores from everything else running (measured: a quarter more CPU time over the long-clip tests).
+# Its one limit, never two threads running these loops at once, holds: only the finish's thread runs them.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 _HALF32 = np.float32(0.5)
 _ZERO32 = np.float32(0.0)
@@ -200,3 +209,30 @@ def lay_plate(canvas, first_row, alpha, pyramid, enlarge_slot, enlarge_index, en
                     plate += total
                 v = np.float32(canvas[y, x, c])
                 out[y, x, c] = np.uint8(min(max(v + (plate - v) * a + _HALF32, _ZERO32), _MAX32))
+
+
+def warm_up() -> None:
+    """Compile every loop now (the first time on a machine: about 20 s; later runs load them from the cache
+    beside this file), for each kind of array the finish passes."""
+    frame, out = np.zeros((8, 16, 3), np.uint8), np.zeros((8, 16, 3), np.uint8)
+    gain, drift, f32 = np.ones(3, np.float32), np.ones((8, 16)), np.float32(0)
+    tone_and_drift(frame, gain, gain, drift, drift, f32, out)
+    toned_luma_cells(frame, gain, gain, 2, 2, np.zeros((2, 2)))
+    view, flat = np.zeros((4, 3)), np.zeros(4, np.intp)
+    bilinear_rgb(frame, flat, flat, flat, np.zeros(4), np.zeros(4), view)
+    image = np.zeros((8, 8, 3), np.float32)
+    box_blur_rows(image, 1, image.copy())
+    box_blur_columns(image, 1, image.copy())
+    soften_to_bgra(np.zeros((8, 8, 3)), image, np.zeros((8, 8), np.float32), np.zeros((8, 8, 4), np.uint8))
+    blend_projected_cap(frame, np.zeros((4, 4), np.uint8), np.zeros(0, np.intp), np.zeros((4, 0), np.intp),
+                        np.zeros((4, 0), np.uint64), 0, np.ones(2, np.float32), out)
+    taps, weights = np.zeros((16, 1), np.int32), np.zeros((16, 1), np.float32)
+    pyramid, band = np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32)
+    gather_taps(pyramid, np.zeros(1, np.intp), taps, weights, band)
+    slots = np.full(8 * 16, -1, np.int32)
+    lay_plate(out[:, ::-1], 0, np.zeros((2, 16), np.float32), pyramid, slots, taps, weights, slots, taps, weights,
+              np.zeros((8, 16, 3), np.uint8))
+
+
+if __name__ == "__main__":  # python -m blender_equi360.geometry.kernels: compile them all (make test does, first)
+    warm_up()

@@ -4,7 +4,10 @@ The engine writes one JSON object per line on stdout and nothing else there; log
 ``engine.log`` in the job folder. Events:
 
 * ``{"event": "progress", "stage": str, "step": int, "total": int, "eta_s": float | null}``, with
-  ``"window": int, "windows": int`` (1-based) while a window of a longer clip is being made; from
+  ``"window": int, "windows": int`` (1-based) while a window of a longer clip is being made; from ``run``,
+  with ``"job_fraction": float`` (0–1, the whole job's share done, never less than the last one said) and
+  ``"job_eta_s": float | null`` (the job's seconds left, never more than the last one said less the time
+  since; null until it can be told); stage ``finish`` runs beside the windows' stages; from
   ``models fetch``, stage ``download`` counts bytes of the whole set, with ``"file": path, "file_step": int,
   "file_total": int`` for the file in progress
 * ``{"event": "log", "message": str}``

@@ -365,11 +365,14 @@ class PlaybackVideoWriter(_Writer):
     # docs/QUALITY.md). x265's AQ does not cost the plate (measured), so it keeps its defaults.
     ENCODERS = {"h264": ("libx264", {"aq-mode": "0"}), "hevc": ("libx265", {"x265-params": "log-level=error"})}
 
+    # Each encoder's speed preset (bench/finish.py measures them against the plate goal, docs/BENCHMARKS.md).
+    PRESETS = {"h264": "medium", "hevc": "medium"}
+
     def __init__(self, path: Path, width: int, height: int, fps, crf: int = 16, title: str | None = None,
-                 codec: str = "h264", pix_fmt: str = "yuv420p", audio=None):
+                 codec: str = "h264", pix_fmt: str = "yuv420p", audio=None, preset: str | None = None):
         name, options = self.ENCODERS[codec]
-        super().__init__(path, width, height, fps, name, pix_fmt, {"crf": str(crf), "preset": "medium", **options},
-                         container_format="mp4")
+        super().__init__(path, width, height, fps, name, pix_fmt,
+                         {"crf": str(crf), "preset": preset or self.PRESETS[codec], **options}, container_format="mp4")
         if codec == "hevc":
             self.stream.codec_tag = "hvc1"  # the tag Apple's players and QuickTime want
         if title:
@@ -388,6 +391,15 @@ class PlaybackVideoWriter(_Writer):
             self._repair_dts(p)
             self.container.mux(p)
         return packets
+
+    def convert(self, rgb: np.ndarray):
+        """An RGB frame as the frame the encoder takes (its pixel format, BT.709, limited range)."""
+        frame = self._rgb_frame(rgb).reformat(
+            format=self.pix_fmt, src_colorspace="ITU709", dst_colorspace="ITU709", src_color_range="JPEG",
+            dst_color_range="MPEG", interpolation=self._RGB_TO_YUV)
+        if frame is self._rgb:  # nothing to convert: the encoder keeps this one
+            self._rgb = None
+        return frame
 
     def _rgb_frame(self, rgb: np.ndarray):
         """``rgb`` as a frame to convert: copied into one frame kept for the whole clip (the conversion makes the
@@ -410,12 +422,7 @@ class PlaybackVideoWriter(_Writer):
         self._last_dts = packet.dts
 
     def write(self, rgb: np.ndarray) -> None:
-        frame = self._rgb_frame(rgb).reformat(
-            format=self.pix_fmt, src_colorspace="ITU709", dst_colorspace="ITU709", src_color_range="JPEG",
-            dst_color_range="MPEG", interpolation=self._RGB_TO_YUV)
-        if frame is self._rgb:  # nothing to convert: the encoder keeps this one
-            self._rgb = None
-        self.encode(frame)
+        self.encode(self.convert(rgb))
         self.frames += 1
         if self.audio:
             self.audio.until(self.frames / self.fps)
