@@ -40,7 +40,13 @@ from blender_equi360.geometry.poles import PoleRepair  # noqa: E402
 from blender_equi360.jobs.delivery_settings import DEFAULT_CRF, DeliverySettings  # noqa: E402
 from blender_equi360.jobs.job import Job, save_job  # noqa: E402
 from blender_equi360.jobs.windows import plan_windows  # noqa: E402
-from blender_equi360.media.video import PlaybackVideoWriter, decode_plates, probe, read_frames  # noqa: E402
+from blender_equi360.media.video import (  # noqa: E402
+    PlanarResizer,
+    PlaybackVideoWriter,
+    decode_plates,
+    probe,
+    read_frames,
+)
 from blender_equi360.quality.score import score  # noqa: E402
 from blender_equi360.stages import delivery as delivery_module  # noqa: E402
 from blender_equi360.stages.finish import FEATHER_DEG, finish, plate_alpha, resize_equirect  # noqa: E402
@@ -109,7 +115,7 @@ def stage_times(job_dir: Path, size: CanvasSize) -> dict[str, float]:
     fit = fit_window(lambda: iter(generated), iter(reference), mask < 128)
     fit_s = (time.perf_counter() - fit_started) / len(generated)
     writer = PlaybackVideoWriter(OUT / "stages.mp4", size.width, size.height, Fraction(24))
-    toned = np.empty_like(generated[0])
+    toned, upscale = np.empty_like(generated[0]), PlanarResizer()
     delivered = np.empty((size.height, size.width, 3), np.uint8)
     times: dict[str, list[float]] = {"tone": [], "poles": [], "upscale": [], "plate": [], "to_yuv": []}
     for frame, plate_bgra in zip(generated * 2, plates * 2):  # the first pass warms up, the second is timed
@@ -118,9 +124,9 @@ def stage_times(job_dir: Path, size: CanvasSize) -> dict[str, float]:
         marks.append(time.perf_counter())
         poles.apply(toned, out=toned)
         marks.append(time.perf_counter())
-        canvas = resize_equirect(toned, size.width, size.height)
+        planes = resize_equirect(toned, size.width, size.height, upscale)
         marks.append(time.perf_counter())
-        plate.lay(canvas, plate_bgra, alpha, delivered)
+        plate.lay(planes, plate_bgra, alpha, delivered)
         marks.append(time.perf_counter())
         writer.convert(delivered)
         marks.append(time.perf_counter())
@@ -145,14 +151,21 @@ def encode_presets(job_dir: Path, size: CanvasSize) -> list[dict]:
     placement = load_placement(job_dir / "reference.mkv")
     finished: list[np.ndarray] = []
 
-    class Keep(PlaybackVideoWriter):  # the finish's frames kept to encode them again with each preset
+    class Keep:  # the finish's frames kept, to encode them again with each preset
+        def __init__(self, path, *args, **kwargs):
+            Path(path).touch()
+
         def write(self, rgb):
             finished.append(rgb.copy())
+
+        def close(self):
+            pass
     real = delivery_module.PlaybackVideoWriter
     delivery_module.PlaybackVideoWriter = Keep
     try:
         finish(whole_clip(generated, list(read_frames(job_dir / "reference.mkv"))[:frames], mask < 128),
-               placement.source, placement, mask, OUT / "kept.mp4", placement.frame_rate, settings=settings)
+               placement.source, placement, mask, OUT / "kept.mp4", placement.frame_rate,
+               settings=DeliverySettings(size=str(size), audio=False, spherical_metadata=False))
     finally:
         delivery_module.PlaybackVideoWriter = real
     rows = []

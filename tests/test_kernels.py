@@ -49,8 +49,8 @@ def pole_repair_formula(repair: PoleRepair, frame):
 
 
 def taps_formula(taps, pyramid, band):
-    total = pyramid[taps.index[0]] * taps.weight[0][:, None]
-    for index, weight in zip(taps.index[1:], taps.weight[1:]):
+    total = pyramid[taps.index[:, 0]] * taps.weight[:, 0][:, None]
+    for index, weight in zip(taps.index.T[1:], taps.weight.T[1:]):
         total += pyramid[index] * weight[:, None]
     band[taps.dst] += total
 
@@ -123,7 +123,8 @@ def test_the_plate_taps_and_blend_match_the_formulas():
     by_formula = canvas.copy()
     blend_formula(by_formula, sampler.rows, band, alpha)
     laid = np.empty_like(canvas)
-    sampler.lay(canvas[:, ::-1][:, ::-1], plate, alpha, laid)  # the canvas may be a strided view
+    planes = [np.pad(canvas[..., c], ((0, 0), (3, 5)))[:, 3:-5] for c in range(3)]  # views, as swscale's are
+    sampler.lay(planes, plate, alpha, laid)
     assert np.array_equal(laid, by_formula)
 
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import os
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-# numba's simple thread pool rather than OpenMP's, whose idle threads spin for a while after each loop and
-# take the cores from everything else running (measured: a quarter more CPU time over the long-clip tests).
-# Its one limit, never two threads running these loops at once, holds: only the finish's thread runs them.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# OpenMP's threads (numba's default where libgomp is found) are 1.5-2x faster on these loops than numba's own
+# pool (measured on the pole repair), but by default they spin for a while after each loop, taking the cores
+# from the generation running beside the finish (a quarter more CPU time over the long-clip tests): passive
+# threads sleep at once. Read when numba starts its threads, so set before the first loop runs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _HALF32 = np.float32(0.5)
 _ZERO32 = np.float32(0.0)
@@ -107,17 +106,23 @@ def box_blur_rows(image, radius, out):
 
 @njit(**_options)
 def box_blur_columns(image, radius, out):
-    """:func:`box_blur_rows` along each row (columns edge-clamped)."""
+    """:func:`box_blur_rows` along each row (columns edge-clamped), rows taken in blocks (their sums are
+    independent, so a block's run along the row is not one long chain of additions)."""
     height, width, channels = image.shape
-    size = 2 * radius + 1
-    for y in prange(height):
-        cumulative = np.zeros(width + size, np.float64)
-        for c in range(channels):
-            for k in range(width + 2 * radius):
-                source = min(max(k - radius, 0), width - 1)
-                cumulative[k + 1] = cumulative[k] + np.float64(image[y, source, c])
+    size, block = 2 * radius + 1, 8
+    for b in prange((height + block - 1) // block):
+        first, end = b * block, min(b * block + block, height)
+        cumulative = np.zeros((width + size, end - first, channels), np.float64)
+        for k in range(width + 2 * radius):
+            source = min(max(k - radius, 0), width - 1)
+            for y in range(first, end):
+                for c in range(channels):
+                    cumulative[k + 1, y - first, c] = cumulative[k, y - first, c] + np.float64(image[y, source, c])
+        for y in range(first, end):
             for x in range(width):
-                out[y, x, c] = np.float32((cumulative[x + size] - cumulative[x]) / size)
+                for c in range(channels):
+                    out[y, x, c] = np.float32((cumulative[x + size, y - first, c] - cumulative[x, y - first, c])
+                                              / size)
 
 
 @njit(**_options)
@@ -162,53 +167,58 @@ def blend_projected_cap(frame, picture, dst, taps, weights, first_row, cap_weigh
 
 @njit(**_options)
 def gather_taps(pyramid, dst, index, weight, band):
-    """``band[dst[p]] += Σₜ pyramid[index[t, p]] · weight[t, p]`` (float32, taps added in order) for each
-    pixel ``p``; ``dst`` has no repeats. ``pyramid`` (N, 3), ``band`` (M, 3)."""
-    taps = index.shape[0]
+    """``band[dst[p]] += Σₜ pyramid[index[p, t]] · weight[p, t]`` (float32, taps added in order) for each
+    pixel ``p``; ``dst`` has no repeats. ``pyramid`` (N, 3), ``band`` (M, 3), ``index`` and ``weight`` (n, taps)."""
     for p in prange(dst.shape[0]):
-        d = dst[p]
+        total = _taps_sum(pyramid, index, weight, p)
         for c in range(3):
-            total = pyramid[index[0, p], c] * weight[0, p]
-            for t in range(1, taps):
-                total += pyramid[index[t, p], c] * weight[t, p]
-            band[d, c] += total
+            band[dst[p], c] += total[c]
+
+
+@njit(inline="always")
+def _taps_sum(pyramid, index, weight, p):
+    """Σₜ pyramid[index[p, t]] · weight[p, t] per channel, float32, the first product then each next added."""
+    i, w = index[p, 0], weight[p, 0]
+    r, g, b = pyramid[i, 0] * w, pyramid[i, 1] * w, pyramid[i, 2] * w
+    for t in range(1, index.shape[1]):
+        i, w = index[p, t], weight[p, t]
+        r += pyramid[i, 0] * w
+        g += pyramid[i, 1] * w
+        b += pyramid[i, 2] * w
+    return r, g, b
 
 
 @njit(**_options)
-def lay_plate(canvas, first_row, alpha, pyramid, enlarge_slot, enlarge_index, enlarge_weight, reduce_slot,
-              reduce_index, reduce_weight, out):
-    """``out`` (uint8 RGB, contiguous) = ``canvas`` with the plate laid over rows ``first_row …``: there each
-    value ``v`` becomes ``clip(v + (plate − v)·alpha + 0.5, 0, 255)`` (float32), where the plate is the sum, in
-    float32 and in this order, of the pixel's enlarging taps then its reducing taps (:func:`gather_taps`; a
-    pixel's slot in each list, −1 where it has none). Where ``alpha`` is 0 the value stays ``v``, as the
-    formula gives, without working out the plate."""
-    height, width = canvas.shape[0], canvas.shape[1]
+def lay_plate(red, green, blue, first_row, alpha, pyramid, enlarge_slot, enlarge_index, enlarge_weight,
+              reduce_slot, reduce_index, reduce_weight, out):
+    """``out`` (uint8 RGB, (H, W, 3)) = the canvas (its planes ``red``, ``green``, ``blue``, (H, W) uint8) with the
+    plate laid over rows ``first_row …``: there each value ``v`` becomes ``clip(v + (plate − v)·alpha + 0.5, 0,
+    255)`` (float32), where the plate is the sum, in float32 and in this order, of the pixel's enlarging taps
+    then its reducing taps (:func:`gather_taps`; a pixel's slot in each list, −1 where it has none). Where
+    ``alpha`` is 0 the value stays ``v``, as the formula gives, without working out the plate."""
+    height, width = red.shape
     rows = alpha.shape[0]
-    enlarge_taps, reduce_taps = enlarge_index.shape[0], reduce_index.shape[0]
     for y in prange(height):
         band_y = y - first_row
         for x in range(width):
+            canvas = (red[y, x], green[y, x], blue[y, x])
             a = alpha[band_y, x] if 0 <= band_y < rows else _ZERO32
             if a == _ZERO32:
                 for c in range(3):
-                    out[y, x, c] = canvas[y, x, c]
+                    out[y, x, c] = canvas[c]
                 continue
             pixel = band_y * width + x
             e, r = enlarge_slot[pixel], reduce_slot[pixel]
+            plate = (_ZERO32, _ZERO32, _ZERO32)
+            if e >= 0:
+                sampled = _taps_sum(pyramid, enlarge_index, enlarge_weight, e)
+                plate = (plate[0] + sampled[0], plate[1] + sampled[1], plate[2] + sampled[2])
+            if r >= 0:
+                sampled = _taps_sum(pyramid, reduce_index, reduce_weight, r)
+                plate = (plate[0] + sampled[0], plate[1] + sampled[1], plate[2] + sampled[2])
             for c in range(3):
-                plate = _ZERO32
-                if e >= 0:
-                    total = pyramid[enlarge_index[0, e], c] * enlarge_weight[0, e]
-                    for t in range(1, enlarge_taps):
-                        total += pyramid[enlarge_index[t, e], c] * enlarge_weight[t, e]
-                    plate += total
-                if r >= 0:
-                    total = pyramid[reduce_index[0, r], c] * reduce_weight[0, r]
-                    for t in range(1, reduce_taps):
-                        total += pyramid[reduce_index[t, r], c] * reduce_weight[t, r]
-                    plate += total
-                v = np.float32(canvas[y, x, c])
-                out[y, x, c] = np.uint8(min(max(v + (plate - v) * a + _HALF32, _ZERO32), _MAX32))
+                v = np.float32(canvas[c])
+                out[y, x, c] = np.uint8(min(max(v + (plate[c] - v) * a + _HALF32, _ZERO32), _MAX32))
 
 
 def warm_up() -> None:
@@ -226,12 +236,12 @@ def warm_up() -> None:
     soften_to_bgra(np.zeros((8, 8, 3)), image, np.zeros((8, 8), np.float32), np.zeros((8, 8, 4), np.uint8))
     blend_projected_cap(frame, np.zeros((4, 4), np.uint8), np.zeros(0, np.intp), np.zeros((4, 0), np.intp),
                         np.zeros((4, 0), np.uint64), 0, np.ones(2, np.float32), out)
-    taps, weights = np.zeros((16, 1), np.int32), np.zeros((16, 1), np.float32)
+    taps, weights = np.zeros((1, 16), np.int32), np.zeros((1, 16), np.float32)
     pyramid, band = np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32)
     gather_taps(pyramid, np.zeros(1, np.intp), taps, weights, band)
-    slots = np.full(8 * 16, -1, np.int32)
-    lay_plate(out[:, ::-1], 0, np.zeros((2, 16), np.float32), pyramid, slots, taps, weights, slots, taps, weights,
-              np.zeros((8, 16, 3), np.uint8))
+    slots, plane = np.full(8 * 16, -1, np.int32), np.zeros((8, 20), np.uint8)[:, 2:18]
+    lay_plate(plane, plane, plane, 0, np.zeros((2, 16), np.float32), pyramid, slots, taps, weights, slots, taps,
+              weights, np.zeros((8, 16, 3), np.uint8))
 
 
 if __name__ == "__main__":  # python -m blender_equi360.geometry.kernels: compile them all (make test does, first)

@@ -27,7 +27,7 @@ from ..geometry.projection import box_blur
 from ..jobs.canvas import CanvasSize
 from ..jobs.delivery_settings import DeliverySettings
 from ..media.audio import audio_for
-from ..media.video import decode_plates, probe, resize
+from ..media.video import PlanarResizer, decode_plates, probe
 from .delivery import delivery
 from .plate import PlateSampler
 from .reference import Placement
@@ -52,18 +52,19 @@ def plate_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     return box_blur(eroded, radius, wrap_width=True)
 
 
-def resize_equirect(frame: np.ndarray, width: int, height: int, wrap: int = 8) -> np.ndarray:
-    """:func:`resize` for an equirect canvas: the filter reaches across the left/right edge (``wrap``
-    columns of each side are resized with the other), so the seam stays closed."""
+def resize_equirect(frame: np.ndarray, width: int, height: int, resizer: PlanarResizer, wrap: int = 8):
+    """An equirect canvas resized (swscale's Lanczos) with the filter reaching across the left/right edge
+    (``wrap`` columns of each side are resized with the other), so the seam stays closed: its three planes,
+    R, G, B, as ``resizer`` (:class:`..media.video.PlanarResizer`) gives them."""
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
-        return frame
+        return frame[..., 0], frame[..., 1], frame[..., 2]
     wrap = min(wrap, w)
     padded = np.concatenate([frame[:, -wrap:], frame, frame[:, :wrap]], axis=1)
     scale = width / w
     out_w = int(round((w + 2 * wrap) * scale))
     margin = int(round(wrap * scale))
-    return resize(padded, out_w, height)[:, margin:margin + width]
+    return tuple(plane[:, margin:margin + width] for plane in resizer(padded, out_w, height))
 
 
 def _held(frames, count: int):
@@ -100,12 +101,13 @@ def finish(video, source: Path, placement: Placement, model_mask: np.ndarray, ou
     generated_region[plate.rows] = 1.0 - alpha
     toned = np.empty((height, width, 3), np.uint8)
     delivered = np.empty((size.height, size.width, 3), np.uint8)
+    upscale = PlanarResizer()
     audio = audio_for(source, placement.start_s, total / fps) if settings.audio else None
     with delivery(out, fps, settings, generated_region, title, audio) as write:
         for k, ((frame, correction), plate_bgra) in enumerate(zip(video, plates), 1):
             kernels.tone_and_drift(frame, *correction, toned)
-            canvas = resize_equirect(poles.apply(toned, out=toned), size.width, size.height)
-            plate.lay(canvas, plate_bgra, alpha, delivered)
+            planes = resize_equirect(poles.apply(toned, out=toned), size.width, size.height, upscale)
+            plate.lay(planes, plate_bgra, alpha, delivered)
             write(delivered)
             if progress:
                 progress(k, total)

@@ -38,7 +38,7 @@ from ..geometry.projection import (
 )
 from ..jobs.canvas import CanvasSize
 from ..jobs.errors import Equi360Error
-from ..media.video import resize
+from ..media.video import PlanarResizer
 
 ENLARGE_UP_TO, REDUCE_FROM = 1.0, 1.5  # local scale s: Catmull-Rom up to 1, 2×2 samples from 1.5, a blend between
 LEVEL_STEP = math.sqrt(2.0)             # density ratio between neighbouring pyramid levels
@@ -48,7 +48,8 @@ _ROW_BLOCK = 32                         # canvas rows per block while the taps a
 
 
 class _Taps:
-    """One way of sampling, for the canvas pixels that use it: ``value[dst] = Σ weight[t] · pyramid[index[t]]``."""
+    """One way of sampling, for the canvas pixels that use it:
+    ``value[dst[p]] = Σₜ weight[p, t] · pyramid[index[p, t]]``."""
 
     def __init__(self):
         self.dst, self.index, self.weight = [], [], []
@@ -60,13 +61,13 @@ class _Taps:
             self.weight.append(weight.astype(np.float32))
 
     def freeze(self) -> "_Taps":
-        if self.dst:
+        if self.dst:  # a pixel's taps side by side in memory: (n, 16)
             self.dst = np.concatenate(self.dst)
-            self.index = np.concatenate(self.index, axis=1)
-            self.weight = np.concatenate(self.weight, axis=1)
+            self.index = np.ascontiguousarray(np.concatenate(self.index, axis=1).T)
+            self.weight = np.ascontiguousarray(np.concatenate(self.weight, axis=1).T)
         else:  # typed empty arrays: the compiled loops take them as they take full ones
             self.dst = np.zeros(0, np.intp)
-            self.index, self.weight = np.zeros((16, 0), np.int32), np.zeros((16, 0), np.float32)
+            self.index, self.weight = np.zeros((0, 16), np.int32), np.zeros((0, 16), np.float32)
         return self
 
     def accumulate(self, pyramid: np.ndarray, out: np.ndarray) -> None:
@@ -128,6 +129,7 @@ class PlateSampler:
         self._band = (end - first, size.width)
         self._pyramid = np.zeros((int(self.offsets[-1]), 3), np.float32)
         self._slots = [_slots(taps, (end - first) * size.width) for taps in (self._enlarge, self._reduce)]
+        self._resizers = {k: PlanarResizer() for k in self.used}  # one per level: each keeps its scaler
 
     def _subsample_taps(self, su: np.ndarray, sv: np.ndarray, level: np.ndarray):
         """Bilinear taps of the 4 subsamples (4, n) at each pixel's pyramid level: (16, n) rows, weights."""
@@ -154,24 +156,27 @@ class PlateSampler:
         self._reduce.accumulate(self._pyramid, band)
         return band.reshape(*self._band, 3)
 
-    def lay(self, canvas: np.ndarray, plate_bgra: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
-        """``out`` = the delivery ``canvas`` (uint8 RGB) with this frame's plate laid over it: ``canvas + (plate −
-        canvas)·alpha`` over the plate's rows (``alpha`` (rows, W) float32), rounded; :meth:`project` and that
-        blend in one pass, which skips the plate where ``alpha`` is 0."""
+    def lay(self, planes, plate_bgra: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
+        """``out`` (uint8 RGB) = the delivery canvas (its ``planes``, R, G, B, uint8) with this frame's plate laid
+        over it: ``canvas + (plate − canvas)·alpha`` over the plate's rows (``alpha`` (rows, W) float32),
+        rounded; :meth:`project` and that blend in one pass, which skips the plate where ``alpha`` is 0."""
         self._fill_pyramid(plate_bgra)
         enlarge, reduce = self._enlarge, self._reduce
-        kernels.lay_plate(canvas, self.rows.start, alpha, self._pyramid, self._slots[0], enlarge.index,
+        kernels.lay_plate(*planes, self.rows.start, alpha, self._pyramid, self._slots[0], enlarge.index,
                           enlarge.weight, self._slots[1], reduce.index, reduce.weight, out)
 
     def _fill_pyramid(self, plate_bgra: np.ndarray) -> None:
         native_w, native_h = self.source_size
         if plate_bgra.shape[:2] != (native_h, native_w):
             raise ValueError(f"expected a {native_w}x{native_h} plate, got {plate_bgra.shape}")
-        rgb = np.ascontiguousarray(plate_bgra[..., 2::-1])
         for k in self.used:
             w, h = self.levels[k]
-            level = rgb if k == 0 else resize(rgb, w, h, PYRAMID_FILTER)
-            self._pyramid[self.offsets[k]: self.offsets[k + 1]] = level.reshape(-1, 3)
+            level = self._pyramid[self.offsets[k]: self.offsets[k + 1]].reshape(h, w, 3)
+            if k == 0:
+                level[...] = plate_bgra[..., 2::-1]
+            else:
+                for c, plane in enumerate(self._resizers[k](plate_bgra, w, h, PYRAMID_FILTER, "bgra")):
+                    level[..., c] = plane
 
 
 def _slots(taps: _Taps, pixels: int) -> np.ndarray:
