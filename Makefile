@@ -64,6 +64,7 @@ test: $(INSTALLED) $(LTS_INSTALLED) $(LTS42_INSTALLED)
 bench: $(INSTALLED)
 	$(PY) bench/reference.py
 	$(PY) bench/quality.py --write
+	$(PY) bench/finish.py --write
 
 extension: $(INSTALLED)
 	$(PY) tools/build_extension.py

@@ -365,8 +365,11 @@ class PlaybackVideoWriter(_Writer):
     # docs/QUALITY.md). x265's AQ does not cost the plate (measured), so it keeps its defaults.
     ENCODERS = {"h264": ("libx264", {"aq-mode": "0"}), "hevc": ("libx265", {"x265-params": "log-level=error"})}
 
-    # Each encoder's speed preset (bench/finish.py measures them against the plate goal, docs/BENCHMARKS.md).
-    PRESETS = {"h264": "medium", "hevc": "medium"}
+    # Each encoder's speed preset: the fastest that keeps the plate ≥ 40 dB with files no larger than 1.25× the
+    # medium preset's (bench/finish.py, docs/BENCHMARKS.md: at 3840×1920 H.264 veryfast encodes in half the time
+    # of medium, 0.4 dB lower and smaller; ultrafast and superfast keep the plate but make files 2.5-6× larger;
+    # at 7680×3840 x265's ultrafast takes 0.45× the time of medium, 2.3 dB lower, 4.9 above the goal).
+    PRESETS = {"h264": "veryfast", "hevc": "ultrafast"}
 
     def __init__(self, path: Path, width: int, height: int, fps, crf: int = 16, title: str | None = None,
                  codec: str = "h264", pix_fmt: str = "yuv420p", audio=None, preset: str | None = None):
