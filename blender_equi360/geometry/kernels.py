@@ -41,7 +41,8 @@ def tone_and_drift(frame, gain, offset, drift_a, drift_b, mix, out):
     keep, take = 1.0 - mix, np.float64(mix)
     for y in prange(height):
         for x in range(width):
-            drift = drift_a[y, x] * keep + drift_b[y, x] * take
+            # With mix 0 the blend is drift_a exactly (·1 + 0): the second field is not read at all.
+            drift = drift_a[y, x] if mix == 0 else drift_a[y, x] * keep + drift_b[y, x] * take
             for c in range(3):
                 toned = min(max(np.float32(frame[y, x, c]) * gain[c] + offset[c], _ZERO32), _MAX32)
                 out[y, x, c] = np.uint8(min(max(np.float64(toned) * drift + 0.5, 0.0), 255.0))
