@@ -62,6 +62,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 SAMPLES = ROOT / "samples" / "build"
 CANVAS = CanvasSize(2560, 1280)
 STAGE_FRAMES = 9
+TIMED_PASSES = 5  # this VM's speed drifts between minutes: the median of five passes, and their range
 SIZES = ("3840x1920", "7680x3840")
 PRESETS = {"h264": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"),
            "hevc": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")}
@@ -119,7 +120,8 @@ def stage_times(job_dir: Path, size: CanvasSize) -> dict[str, float]:
     toned, upscale = np.empty_like(generated[0]), PlanarResizer()
     delivered = np.empty((size.height, size.width, 3), np.uint8)
     times: dict[str, list[float]] = {"tone": [], "poles": [], "upscale": [], "plate": [], "to_yuv": []}
-    for frame, plate_bgra in zip(generated * 2, plates * 2):  # the first pass warms up, the second is timed
+    passes = 1 + TIMED_PASSES
+    for frame, plate_bgra in zip(generated * passes, plates * passes):  # the first pass warms up
         marks = [time.perf_counter()]
         kernels.tone_and_drift(frame, fit.gain, fit.offset, fit.drift, fit.drift, np.float32(0), toned)
         marks.append(time.perf_counter())
@@ -136,6 +138,10 @@ def stage_times(job_dir: Path, size: CanvasSize) -> dict[str, float]:
     writer.close()
     row = {name: statistics.median(values[len(generated):]) for name, values in times.items()}
     row["numpy_stages"] = sum(row.values())
+    frames = len(generated)
+    per_pass = [sum(statistics.median(values[k * frames: (k + 1) * frames]) for values in times.values())
+                for k in range(1, passes)]
+    row["pass_range"] = (min(per_pass), max(per_pass))
     row["fit"] = fit_s
     row["setup"] = setup
     return row
@@ -264,15 +270,17 @@ def tables(stages: dict, presets: dict, clip: dict) -> str:
              f"- **Machine:** {machine()}, no GPU. **Date:** {today}.",
              "- **Inputs:** the sample city's reference at 2560×1280 (HFOV 100°, plate 1280×536); generated frames: "
              "the draft's fill for the stages, the city's true panorama turning 2 px a frame for the encoder.", "",
-             "**Per frame, each stage timed alone** (median of the second pass over "
-             f"{STAGE_FRAMES} frames; the numba loops use every core):", "",
+             f"**Per frame, each stage timed alone** (median over {TIMED_PASSES} passes of {STAGE_FRAMES} frames "
+             "after one to warm up; *range*: the passes' own totals; the numba loops use every core):", "",
              "| delivery | tone + drift | poles | upscale (swscale) | plate (pyramid, taps, blend) | RGB → YUV | "
-             "**numpy stages** (goal ≤ 0.15 s) | window fit (per frame, once) | setup (once per job) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "**numpy stages** (goal ≤ 0.15 s) | range | window fit (per frame, once) | setup (once per job) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for size, r in stages.items():
+        low, high = r["pass_range"]
         lines.append(f"| {size.replace('x', '×')} | {1000 * r['tone']:.1f} ms | {1000 * r['poles']:.1f} ms | "
                      f"{1000 * r['upscale']:.1f} ms | {1000 * r['plate']:.1f} ms | {1000 * r['to_yuv']:.1f} ms | "
-                     f"**{r['numpy_stages']:.3f} s** | {1000 * r['fit']:.1f} ms | {r['setup']:.2f} s |")
+                     f"**{r['numpy_stages']:.3f} s** | {low:.3f}–{high:.3f} s | {1000 * r['fit']:.1f} ms | "
+                     f"{r['setup']:.2f} s |")
     lines += ["", "**Delivery encode per preset** (the default CRF of each codec; encode only, the frames converted "
               "beforehand; plate PSNR of the worst frame by `score`):", "",
               "| delivery | codec | preset | encode per frame | plate PSNR min (≥ 40) | MB per frame |",
