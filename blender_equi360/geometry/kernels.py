@@ -106,27 +106,6 @@ def box_blur_rows(image, radius, out):
 
 
 @njit(**_options)
-def box_blur_columns(image, radius, out):
-    """:func:`box_blur_rows` along each row (columns edge-clamped), rows taken in blocks (their sums are
-    independent, so a block's run along the row is not one long chain of additions)."""
-    height, width, channels = image.shape
-    size, block = 2 * radius + 1, 8
-    for b in prange((height + block - 1) // block):
-        first, end = b * block, min(b * block + block, height)
-        cumulative = np.zeros((width + size, end - first, channels), np.float64)
-        for k in range(width + 2 * radius):
-            source = min(max(k - radius, 0), width - 1)
-            for y in range(first, end):
-                for c in range(channels):
-                    cumulative[k + 1, y - first, c] = cumulative[k, y - first, c] + np.float64(image[y, source, c])
-        for y in range(first, end):
-            for x in range(width):
-                for c in range(channels):
-                    out[y, x, c] = np.float32((cumulative[x + size, y - first, c] - cumulative[x, y - first, c])
-                                              / size)
-
-
-@njit(**_options)
 def soften_to_bgra(view, blurred, clean, out):
     """``out`` (BGRA uint8) = ``clip(view·(1 − clean) + blurred·clean + 0.5, 0, 255)``: ``view`` float64,
     ``blurred`` and ``clean`` float32 (their product float32), the sum float64; colour order reversed."""
@@ -233,7 +212,7 @@ def warm_up() -> None:
     bilinear_rgb(frame, flat, flat, flat, np.zeros(4), np.zeros(4), view)
     image = np.zeros((8, 8, 3), np.float32)
     box_blur_rows(image, 1, image.copy())
-    box_blur_columns(image, 1, image.copy())
+    box_blur_rows(image.transpose(1, 0, 2), 1, image.copy().transpose(1, 0, 2))
     soften_to_bgra(np.zeros((8, 8, 3)), image, np.zeros((8, 8), np.float32), np.zeros((8, 8, 4), np.uint8))
     blend_projected_cap(frame, np.zeros((4, 4), np.uint8), np.zeros(0, np.intp), np.zeros((4, 0), np.intp),
                         np.zeros((4, 0), np.uint64), 0, np.ones(2, np.float32), out)

@@ -87,8 +87,8 @@ def _bilinear_taps(camera: Camera, view_px: int, size: CanvasSize):
 def _blur_twice(image: np.ndarray, radius: int) -> np.ndarray:
     """A box blur (2·radius + 1 wide, edges clamped) applied twice: close to a Gaussian. float32."""
     scratch, out = np.empty_like(image), np.empty_like(image)
-    kernels.box_blur_rows(image, radius, scratch)
-    kernels.box_blur_columns(scratch, radius, out)
-    kernels.box_blur_rows(out, radius, scratch)
-    kernels.box_blur_columns(scratch, radius, out)
+    for _ in range(2):  # down the columns, then along the rows (the same loop on the transposed views)
+        kernels.box_blur_rows(image, radius, scratch)
+        kernels.box_blur_rows(scratch.transpose(1, 0, 2), radius, out.transpose(1, 0, 2))
+        image = out
     return out
